@@ -1,0 +1,323 @@
+"""Configuration: a TOML file, then environment variables, into frozen sections.
+
+Precedence, lowest first: the defaults below, ``--config FILE`` (TOML), the
+original app's variables (``SERVER_PORT``, ``MONGODB_URI``, ``KOKORO_*``,
+``LMS_*``), then ``BAMBID_<SECTION>_<KEY>``. Every problem is raised as
+``ConfigError`` whose message starts with the dotted key, e.g.
+``server.max_message_size: must be an integer >= 1024, got 'big'``.
+``etc/bambid.toml.example`` documents every key; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+import attrs
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; ``str()`` names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+# --- validators --------------------------------------------------------------
+#
+# A check takes the value and returns a problem description, or None if fine.
+
+Check = Callable[[Any], "str | None"]
+
+
+def _at_least(minimum: float) -> Check:
+    return lambda v: None if v >= minimum else f"must be >= {minimum}, got {v!r}"
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+
+def _http_url(v: str) -> str | None:
+    if v == "":
+        return None
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
+        return f"must be an http(s) URL, got {v!r}"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return f"has a bad port number: {v!r}"
+    return None
+
+
+def _storage_uri(v: str) -> str | None:
+    if v.startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
+        return None
+    return f"must start with sqlite:/// or mongodb://, got {v!r}"
+
+
+def _origins(v: list[str]) -> str | None:
+    for origin in v:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            return f"each origin must look like https://host[:port], got {origin!r}"
+    return None
+
+
+def setting(default: Any, check: Check | None = None, secret: bool = False) -> Any:
+    """Declare one configuration key with its default and validation."""
+    return attrs.field(default=default, metadata={"check": check, "secret": secret})
+
+
+# --- sections ----------------------------------------------------------------
+
+
+@attrs.frozen
+class ServerConfig:
+    """[server]: the listening endpoint and the limits of every connection."""
+
+    endpoint: str = setting("tcp:6969:interface=127.0.0.1")
+    public_url: str = setting("", _http_url)
+    allowed_origins: list[str] = setting(attrs.Factory(list), _origins)
+    max_message_size: int = setting(65536, _at_least(1024))
+    max_body_size: int = setting(1048576, _at_least(1024))
+    ping_interval: float = setting(30.0, _at_least(0))
+    ping_timeout: float = setting(60.0, _at_least(1))
+    shutdown_timeout: float = setting(10.0, _at_least(0.1))
+
+
+@attrs.frozen
+class StorageConfig:
+    """[storage]: where data lives. SQLite by default, MongoDB by URI."""
+
+    uri: str = setting("sqlite:///var/bambid.sqlite3", _storage_uri, secret=True)
+    write_concern: str = setting("majority")
+    journal: bool = setting(True)
+    pool_size: int = setting(10, _at_least(1))
+    timeout: float = setting(10.0, _at_least(0.1))
+    batch_max: int = setting(256, _at_least(1))
+
+
+@attrs.frozen
+class AIConfig:
+    """[ai]: the OpenAI-compatible LLM server (used from issue 4 on)."""
+
+    url: str = setting("http://127.0.0.1:1234/v1", _http_url)
+    api_key: str = setting("", secret=True)
+    model: str = setting("")
+
+
+@attrs.frozen
+class VoiceConfig:
+    """[voice]: text to speech (used from issue 5 on)."""
+
+    backend: str = setting("", _one_of("", "espeak", "kokoro"))
+    url: str = setting("", _http_url)
+    default_voice: str = setting("")
+    api_key: str = setting("", secret=True)
+
+    @property
+    def effective_backend(self) -> str:
+        """Kokoro when a URL is configured, else espeak-ng, unless set explicitly."""
+        return self.backend or ("kokoro" if self.url else "espeak")
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    ai: AIConfig = AIConfig()
+    voice: VoiceConfig = VoiceConfig()
+
+
+SECTIONS: dict[str, type[Any]] = get_type_hints(Config)
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from defaults, an optional TOML file and the
+    environment. Raises ``ConfigError`` naming the first bad key."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    if path is not None:
+        _merge_file(raw, Path(path))
+    _apply_legacy_environment(raw, environ)
+    _apply_environment(raw, environ)
+    return Config(**{name: _build_section(name, SECTIONS[name], raw[name]) for name in SECTIONS})
+
+
+def _merge_file(raw: dict[str, dict[str, Any]], path: Path) -> None:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("--config", f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("--config", f"cannot read {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("--config", f"{path} is not valid TOML: {e}") from None
+    for name, values in document.items():
+        if name not in SECTIONS:
+            raise ConfigError(name, f"unknown section (known: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(name, "must be a table ([" + name + "])")
+        raw[name].update(values)
+
+
+def _apply_legacy_environment(raw: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+    """Honour the variables of the original Node.js app."""
+    if "SERVER_PORT" in env:
+        port = env["SERVER_PORT"]
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError("SERVER_PORT", f"must be a port number, got {port!r}")
+        raw["server"]["endpoint"] = f"tcp:{port}:interface=127.0.0.1"
+    if "MONGODB_URI" in env:
+        raw["storage"]["uri"] = env["MONGODB_URI"]
+    if "KOKORO_API_URL" in env:
+        raw["voice"]["url"] = env["KOKORO_API_URL"]
+    elif "KOKORO_HOST" in env or "KOKORO_PORT" in env:
+        host = env.get("KOKORO_HOST", "localhost")
+        port = env.get("KOKORO_PORT", "8880")
+        raw["voice"]["url"] = f"http://{host}:{port}/v1"
+    if "KOKORO_DEFAULT_VOICE" in env:
+        raw["voice"]["default_voice"] = env["KOKORO_DEFAULT_VOICE"]
+    if "LMS_HOST" in env or "LMS_PORT" in env:
+        host = env.get("LMS_HOST", "127.0.0.1")
+        port = env.get("LMS_PORT", "1234")
+        raw["ai"]["url"] = f"http://{host}:{port}/v1"
+
+
+def _apply_environment(raw: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+    for name, cls in SECTIONS.items():
+        for field in attrs.fields(cls):
+            variable = f"BAMBID_{name}_{field.name}".upper()
+            if variable in env:
+                raw[name][field.name] = _EnvText(variable, env[variable])
+
+
+@attrs.frozen
+class _EnvText:
+    """A value still in environment-variable text form, to convert by type."""
+
+    variable: str
+    text: str
+
+
+def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{name}.{key}"
+        if key not in fields:
+            raise ConfigError(dotted, f"unknown key (known: {', '.join(fields)})")
+        converted = _convert(dotted, hints[key], value)
+        check = fields[key].metadata.get("check")
+        problem = check(converted) if check else None
+        if problem:
+            raise ConfigError(dotted, problem)
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _convert(dotted: str, kind: Any, value: Any) -> Any:
+    if isinstance(value, _EnvText):
+        value = _parse_env_text(dotted, kind, value)
+    origin = get_origin(kind)
+    if origin in (Union, types.UnionType):
+        kind = next(a for a in get_args(kind) if a is not type(None))
+        origin = get_origin(kind)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(dotted, f"must be a list of strings, got {value!r}")
+        return list(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(dotted, f"must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(dotted, f"must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(dotted, f"must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(dotted, f"must be a string, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported setting type {kind!r} for {dotted}")
+
+
+def _parse_env_text(dotted: str, kind: Any, value: _EnvText) -> Any:
+    text = value.text.strip()
+    where = f"{dotted} (from {value.variable})"
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(where, f"must be true or false, got {text!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(where, f"must be an integer, got {text!r}") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(where, f"must be a number, got {text!r}") from None
+    if get_origin(kind) is list:
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ConfigError(
+                    where, f"must be a JSON list or comma-separated, got {text!r}"
+                ) from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value.text
+
+
+def effective(config: Config) -> dict[str, dict[str, Any]]:
+    """The configuration as plain data with secrets masked, for display."""
+    result: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        section = getattr(config, name)
+        shown: dict[str, Any] = {}
+        for field in attrs.fields(type(section)):
+            value = getattr(section, field.name)
+            if field.metadata.get("secret") and value:
+                value = _mask(field.name, value)
+            shown[field.name] = value
+        result[name] = shown
+    return result
+
+
+def _mask(key: str, value: str) -> str:
+    if key == "uri":
+        parts = urlsplit(value)
+        if parts.password:
+            return value.replace(f":{parts.password}@", ":***@")
+        return value
+    return "***"
+
+
+def with_endpoint(config: Config, endpoint: str) -> Config:
+    """``config`` listening on ``endpoint`` instead (the ``--port`` option)."""
+    return attrs.evolve(config, server=attrs.evolve(config.server, endpoint=endpoint))

@@ -1,0 +1,224 @@
+"""Domain records shared by every layer.
+
+Every record is a frozen attrs class. Times are POSIX seconds (float, UTC) taken
+from an injected clock, never read here. Storage backends translate records to and
+from their own documents or rows; nothing else knows how a record is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+ROLES = ("user", "moderator", "admin")
+
+
+def username_key(username: str) -> str:
+    """The case-insensitive identity of a username (unique per key)."""
+    return username.casefold()
+
+
+@attrs.frozen
+class Account:
+    """A registered login. ``password_hash`` is an argon2id encoded hash."""
+
+    username: str
+    password_hash: str
+    role: str
+    created_at: float
+
+    @property
+    def key(self) -> str:
+        return username_key(self.username)
+
+
+@attrs.frozen
+class Session:
+    """A login session. Only the hash of the opaque cookie token is stored."""
+
+    token_hash: str
+    username: str
+    created_at: float
+    expires_at: float
+
+
+@attrs.frozen
+class SocialLinks:
+    twitter: str = ""
+    instagram: str = ""
+    discord: str = ""
+    reddit: str = ""
+    custom: str = ""
+
+
+@attrs.frozen
+class UsageStats:
+    sessions_count: int = 0
+    total_time_spent: float = 0.0
+    triggers_activated: int = 0
+    messages_posted: int = 0
+
+
+@attrs.frozen
+class Profile:
+    """A person's public profile and progress (seed: Profiles collection)."""
+
+    username: str
+    created_at: float
+    last_active: float
+    xp: int = 0
+    display_name: str = ""
+    bio: str = ""
+    social_links: SocialLinks = SocialLinks()
+    likes: int = 0
+    loves: int = 0
+    profile_style: str = "default"
+    visibility: str = "public"
+    preferences: dict[str, Any] = attrs.field(factory=dict)
+    usage_stats: UsageStats = UsageStats()
+
+
+#: Profile fields that ``Storage.update_profile`` may set.
+PROFILE_UPDATABLE = frozenset(
+    {
+        "display_name",
+        "bio",
+        "social_links",
+        "profile_style",
+        "visibility",
+        "preferences",
+        "last_active",
+        "usage_stats",
+    }
+)
+
+
+@attrs.frozen
+class Mention:
+    username: str
+    index: int
+
+
+@attrs.frozen
+class LinkRef:
+    url: str
+    is_clean: bool
+
+
+@attrs.frozen
+class NewChatMessage:
+    """A chat message before storage has given it an id and a sequence number."""
+
+    room: str
+    username: str
+    text: str
+    timestamp: float
+    message_type: str = "user"
+    guest: bool = False
+    mentions: tuple[Mention, ...] = ()
+    links: tuple[LinkRef, ...] = ()
+    reply_to: str | None = None
+
+
+@attrs.frozen
+class ChatMessage:
+    """A stored public chat message; ``seq`` is 1, 2, 3... per room, no gaps."""
+
+    message_id: str
+    room: str
+    seq: int
+    username: str
+    text: str
+    timestamp: float
+    message_type: str = "user"
+    guest: bool = False
+    mentions: tuple[Mention, ...] = ()
+    links: tuple[LinkRef, ...] = ()
+    reply_to: str | None = None
+
+
+@attrs.frozen
+class ConversationTurn:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+    timestamp: float
+
+
+@attrs.frozen
+class Conversation:
+    """A user's companion conversation (seed: SessionHistory). One per owner."""
+
+    owner: str
+    title: str
+    created_at: float
+    updated_at: float
+    turns: tuple[ConversationTurn, ...] = ()
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+
+
+# --- append-only interaction logs -------------------------------------------
+#
+# Each log record class names its collection. ``Storage.record`` stores any of
+# them; ``Storage.list_records`` reads one kind back, newest first.
+
+
+@attrs.frozen
+class AIInteraction:
+    collection: ClassVar[str] = "ai_interactions"
+    username: str
+    interaction_type: str
+    input_data: str
+    output_data: str
+    duration: float
+    timestamp: float
+    connection_id: str = ""
+    error: str | None = None
+
+
+@attrs.frozen
+class AudioInteraction:
+    collection: ClassVar[str] = "audio_interactions"
+    username: str
+    kind: str  # "tts" | "trigger" | ...
+    name: str
+    timestamp: float
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class UserInteraction:
+    collection: ClassVar[str] = "user_interactions"
+    username: str
+    action: str
+    timestamp: float
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ClickedUrl:
+    collection: ClassVar[str] = "clicked_urls"
+    username: str
+    url: str
+    timestamp: float
+    message_id: str | None = None
+
+
+@attrs.frozen
+class UserTagInteraction:
+    collection: ClassVar[str] = "user_tag_interactions"
+    username: str  # who was mentioned
+    by: str  # who mentioned them
+    room: str
+    message_id: str
+    timestamp: float
+
+
+LogRecord = AIInteraction | AudioInteraction | UserInteraction | ClickedUrl | UserTagInteraction
+LOG_RECORD_TYPES: tuple[type[LogRecord], ...] = (
+    AIInteraction,
+    AudioInteraction,
+    UserInteraction,
+    ClickedUrl,
+    UserTagInteraction,
+)

@@ -1,0 +1,124 @@
+"""The one place that wires bambid together, and its start/stop order.
+
+Start: open storage (migrations, indexes), then listen. Stop (SIGTERM/SIGINT):
+stop listening, close every WebSocket with 1001 and wait for them (at most
+``server.shutdown_timeout``), then let storage finish its queued writes and
+close. A failure to start is logged as one critical line and the process exits
+with status 1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bambid.config import Config, ConfigError
+from bambid.handshake import HelloHandler
+from bambid.storage import Storage
+from bambid.storage.factory import make_storage
+from bambid.web.app import WebApp
+from bambid.web.assets import template_environment
+from bambid.web.health import HealthReporter
+from bambid.web.site import BambidSite
+from bambid.ws.dispatch import Dispatcher
+from bambid.ws.protocol import BambidWebSocketFactory
+
+EXIT_START_FAILED = 1
+
+
+class BambidService(MultiService):
+    """The daemon. ``reactor`` provides time, threads and TCP; tests pass the
+    global one and listen on ``tcp:0:interface=127.0.0.1``."""
+
+    _log = Logger()
+
+    def __init__(self, config: Config, reactor: Any, base_dir: Path) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.endpoint = _parse_endpoint(reactor, config.server.endpoint)
+        self.storage: Storage = make_storage(config.storage, reactor, base_dir)
+        self.dispatcher = Dispatcher()
+        self.dispatcher.register("hello", HelloHandler(reactor))
+        self.ws_factory = BambidWebSocketFactory(config.server, self.dispatcher, reactor)
+        self.health = HealthReporter(
+            storage=self.storage,
+            clock=reactor,
+            started_at=reactor.seconds(),
+            connection_count=lambda: len(self.ws_factory.connections),
+        )
+        self.web = WebApp(template_environment(), self.health, self.ws_factory)
+        self.site = BambidSite(
+            self.web.resource(),
+            max_body_size=config.server.max_body_size,
+            public_https=config.server.public_url.startswith("https:"),
+            reactor=reactor,
+        )
+        self.port: IListeningPort | None = None
+        self.started: Deferred[None] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = Deferred.fromCoroutine(self._start())
+        d.addCallbacks(self.started.callback, self._start_failed)
+
+    async def _start(self) -> None:
+        await self.storage.open()
+        self.port = await self.endpoint.listen(self.site)
+        self._log.info(
+            "bambid listening on {address} (storage: {backend})",
+            address=str(self.port.getHost()),
+            backend=self.storage.backend,
+        )
+
+    def _start_failed(self, failure: Failure) -> None:
+        self._log.failure("bambid could not start", failure)
+        self._log.critical("bambid could not start: {error}", error=failure.getErrorMessage())
+        self.started.errback(failure)
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, EXIT_START_FAILED)
+        self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self.port is not None:
+            await defer.maybeDeferred(self.port.stopListening)
+            self._log.info("stopped listening")
+        await self._close_websockets()
+        await self.storage.close()
+        self._log.info("bambid stopped")
+
+    async def _close_websockets(self) -> None:
+        connections = list(self.ws_factory.connections)
+        if not connections:
+            return
+        self._log.info("closing {count} WebSocket connections", count=len(connections))
+        closed = [c.is_closed for c in connections]
+        self.ws_factory.close_all()
+        waiting: Deferred[Any] = defer.DeferredList(closed, consumeErrors=True)
+        waiting.addTimeout(self.config.server.shutdown_timeout, self.reactor)
+        try:
+            await waiting
+        except defer.TimeoutError:
+            self._log.warn("WebSocket clients did not close in time; dropping them")
+            for connection in list(self.ws_factory.connections):
+                connection.dropConnection(abort=True)
+
+
+def _parse_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    try:
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError("server.endpoint", f"not a valid endpoint ({e}): {description!r}") from e
+    return endpoint

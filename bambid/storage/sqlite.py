@@ -1,0 +1,1057 @@
+"""The SQLite backend: one database thread, group commit, versioned migrations.
+
+Every database access, reads included, runs on one ``threading.Thread`` owned by
+the storage object (never the reactor thread, never Twisted's shared thread
+pool); the connection is created, used and closed on that thread. Callers queue
+jobs and get a Deferred that fires on the reactor thread via
+``reactor.callFromThread``.
+
+Group commit: the thread takes every queued job (at most ``batch_max``) and runs
+them in one transaction (``BEGIN IMMEDIATE`` … ``COMMIT`` when any of them
+writes). Each job runs inside its own ``SAVEPOINT``, so a failing job rolls back
+only its own changes and fails only its own Deferred. Results are delivered only
+after ``COMMIT`` returned; with ``journal_mode=WAL`` and ``synchronous=FULL`` the
+WAL is fsynced by then, so an acknowledged write survives ``kill -9`` and power
+loss. While one batch is being committed the next one queues up, so the cost of
+an fsync is shared by every write that arrived meanwhile.
+
+If SQLite abandons the whole transaction (disk full, I/O error) or ``COMMIT``
+fails, every job of that batch fails with ``StorageError``: none of them is
+acknowledged.
+
+Schema migrations are the numbered files ``migrations/NNNN_name.sql``, applied in
+order, each in one transaction together with ``PRAGMA user_version = NNNN``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bambid.models import (
+    PROFILE_UPDATABLE,
+    Account,
+    AIInteraction,
+    AudioInteraction,
+    ChatMessage,
+    ClickedUrl,
+    Conversation,
+    ConversationTurn,
+    LinkRef,
+    LogRecord,
+    Mention,
+    NewChatMessage,
+    Profile,
+    Session,
+    SocialLinks,
+    UsageStats,
+    UserInteraction,
+    UserTagInteraction,
+    username_key,
+)
+from bambid.storage.interface import (
+    DuplicateError,
+    NotFoundError,
+    R,
+    Storage,
+    StorageError,
+)
+
+T = TypeVar("T")
+
+log = Logger()
+
+#: The migrations shipped with bambid (package data).
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_-]+\.sql$")
+
+
+# --- migrations ----------------------------------------------------------------
+
+
+@attrs.frozen
+class Migration:
+    """One schema step: ``version`` is the number its file name starts with."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(directory: Path) -> list[Migration]:
+    """The migrations in ``directory``, ordered; versions must run 1, 2, 3…"""
+    found: list[Migration] = []
+    for path in directory.iterdir():
+        match = _MIGRATION_NAME.match(path.name)
+        if match:
+            found.append(Migration(int(match[1]), path.name, path.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise StorageError(
+                f"migrations in {directory} must be numbered 0001, 0002, … without gaps; "
+                f"found {migration.name} where version {expected} was expected"
+            )
+    return found
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a migration script into single statements (triggers included)."""
+    statements: list[str] = []
+    pending = ""
+    for line in sql.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    leftover = [
+        line for line in pending.splitlines() if line.strip() and not line.strip().startswith("--")
+    ]
+    if leftover:
+        raise StorageError(f"unterminated SQL statement: {leftover[0]!r}")
+    return statements
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[Migration]) -> list[str]:
+    """Apply the migrations newer than the database's ``user_version``, each in
+    its own ``BEGIN IMMEDIATE`` transaction; return the names applied. Raises
+    ``StorageError`` if the database is newer than the newest migration or a
+    migration fails (that migration is rolled back entirely)."""
+    latest = migrations[-1].version if migrations else 0
+    current = _user_version(conn)
+    if current > latest:
+        raise StorageError(
+            f"database schema version {current} is newer than this bambid knows ({latest})"
+        )
+    applied: list[str] = []
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: another process may have migrated.
+            if _user_version(conn) < migration.version:
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {migration.version:d}")
+                applied.append(migration.name)
+            conn.execute("COMMIT")
+        except Exception as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StorageError(f"migration {migration.name} failed: {e}") from e
+    return applied
+
+
+# --- the database thread -----------------------------------------------------
+
+
+@attrs.define
+class SQLiteStats:
+    """Counters kept by the database thread. Each batch updates them before its
+    results are delivered, so they are current once an operation has returned."""
+
+    #: Transactions run, one per batch (read-only batches included).
+    batches: int = 0
+    #: Write transactions committed (``BEGIN IMMEDIATE`` … ``COMMIT``): one fsync each.
+    transactions: int = 0
+    #: Jobs run, and how many of them were writes.
+    jobs: int = 0
+    writes: int = 0
+    #: Jobs that failed on their own (rolled back to their savepoint).
+    failed_jobs: int = 0
+    #: Batches that failed as a whole (``BEGIN``/``COMMIT`` failed, transaction lost).
+    failed_batches: int = 0
+    #: The most jobs committed in one transaction.
+    largest_batch: int = 0
+
+
+@attrs.frozen
+class _Job(Generic[T]):
+    fn: Callable[[sqlite3.Connection], T]
+    write: bool
+    deferred: Deferred[T]
+
+
+_Outcome = tuple[_Job[Any], bool, Any]
+
+
+class _TransactionLost(Exception):
+    """SQLite rolled back the whole transaction while a job was running."""
+
+
+def _storage_error(error: Exception) -> Exception:
+    """The exception a caller gets for ``error`` raised by its job: driver errors
+    become ``StorageError``/``DuplicateError``; the job's own exceptions pass."""
+    if isinstance(error, sqlite3.IntegrityError) and getattr(error, "sqlite_errorname", "") in (
+        "SQLITE_CONSTRAINT_UNIQUE",
+        "SQLITE_CONSTRAINT_PRIMARYKEY",
+    ):
+        duplicate = DuplicateError(f"duplicate key: {error}")
+        duplicate.__cause__ = error
+        return duplicate
+    if isinstance(error, sqlite3.Error):
+        wrapped = StorageError(f"sqlite: {error}")
+        wrapped.__cause__ = error
+        return wrapped
+    return error
+
+
+# --- JSON columns ----------------------------------------------------------------
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _social_links_to_json(links: SocialLinks) -> str:
+    return _json(
+        {
+            "twitter": links.twitter,
+            "instagram": links.instagram,
+            "discord": links.discord,
+            "reddit": links.reddit,
+            "custom": links.custom,
+        }
+    )
+
+
+def _social_links_from_json(text: str) -> SocialLinks:
+    data = json.loads(text)
+    return SocialLinks(
+        twitter=data.get("twitter", ""),
+        instagram=data.get("instagram", ""),
+        discord=data.get("discord", ""),
+        reddit=data.get("reddit", ""),
+        custom=data.get("custom", ""),
+    )
+
+
+def _usage_stats_to_json(stats: UsageStats) -> str:
+    return _json(
+        {
+            "sessions_count": stats.sessions_count,
+            "total_time_spent": stats.total_time_spent,
+            "triggers_activated": stats.triggers_activated,
+            "messages_posted": stats.messages_posted,
+        }
+    )
+
+
+def _usage_stats_from_json(text: str) -> UsageStats:
+    data = json.loads(text)
+    return UsageStats(
+        sessions_count=int(data.get("sessions_count", 0)),
+        total_time_spent=float(data.get("total_time_spent", 0.0)),
+        triggers_activated=int(data.get("triggers_activated", 0)),
+        messages_posted=int(data.get("messages_posted", 0)),
+    )
+
+
+def _mentions_to_json(mentions: Iterable[Mention]) -> str:
+    return _json([{"username": m.username, "index": m.index} for m in mentions])
+
+
+def _mentions_from_json(text: str) -> tuple[Mention, ...]:
+    return tuple(Mention(username=m["username"], index=int(m["index"])) for m in json.loads(text))
+
+
+def _links_to_json(links: Iterable[LinkRef]) -> str:
+    return _json([{"url": link.url, "is_clean": link.is_clean} for link in links])
+
+
+def _links_from_json(text: str) -> tuple[LinkRef, ...]:
+    return tuple(LinkRef(url=x["url"], is_clean=bool(x["is_clean"])) for x in json.loads(text))
+
+
+def _turns_to_json(turns: Iterable[ConversationTurn]) -> str:
+    return _json([{"role": t.role, "content": t.content, "timestamp": t.timestamp} for t in turns])
+
+
+def _turns_from_json(text: str) -> tuple[ConversationTurn, ...]:
+    return tuple(
+        ConversationTurn(role=t["role"], content=t["content"], timestamp=float(t["timestamp"]))
+        for t in json.loads(text)
+    )
+
+
+# --- rows <-> records ------------------------------------------------------------
+
+
+def _account_from_row(row: sqlite3.Row) -> Account:
+    return Account(
+        username=row["username"],
+        password_hash=row["password_hash"],
+        role=row["role"],
+        created_at=row["created_at"],
+    )
+
+
+def _session_from_row(row: sqlite3.Row) -> Session:
+    return Session(
+        token_hash=row["token_hash"],
+        username=row["username"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+def _profile_from_row(row: sqlite3.Row) -> Profile:
+    return Profile(
+        username=row["username"],
+        created_at=row["created_at"],
+        last_active=row["last_active"],
+        xp=row["xp"],
+        display_name=row["display_name"],
+        bio=row["bio"],
+        social_links=_social_links_from_json(row["social_links"]),
+        likes=row["likes"],
+        loves=row["loves"],
+        profile_style=row["profile_style"],
+        visibility=row["visibility"],
+        preferences=json.loads(row["preferences"]),
+        usage_stats=_usage_stats_from_json(row["usage_stats"]),
+    )
+
+
+def _chat_from_row(row: sqlite3.Row) -> ChatMessage:
+    return ChatMessage(
+        message_id=row["message_id"],
+        room=row["room"],
+        seq=row["seq"],
+        username=row["username"],
+        text=row["text"],
+        timestamp=row["timestamp"],
+        message_type=row["message_type"],
+        guest=bool(row["guest"]),
+        mentions=_mentions_from_json(row["mentions"]),
+        links=_links_from_json(row["links"]),
+        reply_to=row["reply_to"],
+    )
+
+
+def _conversation_from_row(row: sqlite3.Row) -> Conversation:
+    return Conversation(
+        owner=row["owner"],
+        title=row["title"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        turns=_turns_from_json(row["turns"]),
+        metadata=json.loads(row["metadata"]),
+    )
+
+
+@attrs.frozen
+class _LogTable:
+    """How one log record class is stored: its table, columns and conversions."""
+
+    table: str
+    columns: tuple[str, ...]
+    to_row: Callable[[Any], tuple[Any, ...]]
+    from_row: Callable[[sqlite3.Row], LogRecord]
+
+
+def _ai_to_row(e: AIInteraction) -> tuple[Any, ...]:
+    return (
+        e.username,
+        username_key(e.username),
+        e.interaction_type,
+        e.input_data,
+        e.output_data,
+        e.duration,
+        e.timestamp,
+        e.connection_id,
+        e.error,
+    )
+
+
+def _ai_from_row(row: sqlite3.Row) -> AIInteraction:
+    return AIInteraction(
+        username=row["username"],
+        interaction_type=row["interaction_type"],
+        input_data=row["input_data"],
+        output_data=row["output_data"],
+        duration=row["duration"],
+        timestamp=row["timestamp"],
+        connection_id=row["connection_id"],
+        error=row["error"],
+    )
+
+
+def _audio_to_row(e: AudioInteraction) -> tuple[Any, ...]:
+    return (e.username, username_key(e.username), e.kind, e.name, e.timestamp, _json(e.details))
+
+
+def _audio_from_row(row: sqlite3.Row) -> AudioInteraction:
+    return AudioInteraction(
+        username=row["username"],
+        kind=row["kind"],
+        name=row["name"],
+        timestamp=row["timestamp"],
+        details=json.loads(row["details"]),
+    )
+
+
+def _user_interaction_to_row(e: UserInteraction) -> tuple[Any, ...]:
+    return (e.username, username_key(e.username), e.action, e.timestamp, _json(e.details))
+
+
+def _user_interaction_from_row(row: sqlite3.Row) -> UserInteraction:
+    return UserInteraction(
+        username=row["username"],
+        action=row["action"],
+        timestamp=row["timestamp"],
+        details=json.loads(row["details"]),
+    )
+
+
+def _clicked_url_to_row(e: ClickedUrl) -> tuple[Any, ...]:
+    return (e.username, username_key(e.username), e.url, e.timestamp, e.message_id)
+
+
+def _clicked_url_from_row(row: sqlite3.Row) -> ClickedUrl:
+    return ClickedUrl(
+        username=row["username"],
+        url=row["url"],
+        timestamp=row["timestamp"],
+        message_id=row["message_id"],
+    )
+
+
+def _tag_to_row(e: UserTagInteraction) -> tuple[Any, ...]:
+    return (e.username, username_key(e.username), e.by, e.room, e.message_id, e.timestamp)
+
+
+def _tag_from_row(row: sqlite3.Row) -> UserTagInteraction:
+    return UserTagInteraction(
+        username=row["username"],
+        by=row["by_username"],
+        room=row["room"],
+        message_id=row["message_id"],
+        timestamp=row["timestamp"],
+    )
+
+
+_LOG_TABLES: dict[type[Any], _LogTable] = {
+    AIInteraction: _LogTable(
+        "ai_interactions",
+        (
+            "username",
+            "username_key",
+            "interaction_type",
+            "input_data",
+            "output_data",
+            "duration",
+            "timestamp",
+            "connection_id",
+            "error",
+        ),
+        _ai_to_row,
+        _ai_from_row,
+    ),
+    AudioInteraction: _LogTable(
+        "audio_interactions",
+        ("username", "username_key", "kind", "name", "timestamp", "details"),
+        _audio_to_row,
+        _audio_from_row,
+    ),
+    UserInteraction: _LogTable(
+        "user_interactions",
+        ("username", "username_key", "action", "timestamp", "details"),
+        _user_interaction_to_row,
+        _user_interaction_from_row,
+    ),
+    ClickedUrl: _LogTable(
+        "clicked_urls",
+        ("username", "username_key", "url", "timestamp", "message_id"),
+        _clicked_url_to_row,
+        _clicked_url_from_row,
+    ),
+    UserTagInteraction: _LogTable(
+        "user_tag_interactions",
+        ("username", "username_key", "by_username", "room", "message_id", "timestamp"),
+        _tag_to_row,
+        _tag_from_row,
+    ),
+}
+
+
+def _log_table(kind: type[Any]) -> _LogTable:
+    try:
+        return _LOG_TABLES[kind]
+    except KeyError:
+        raise ValueError(f"not a log record class: {kind!r}") from None
+
+
+# --- profile updates ---------------------------------------------------------------
+
+_TEXT_FIELDS = ("display_name", "bio", "profile_style", "visibility")
+
+
+def _profile_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Column values for ``update_profile``; ``ValueError`` for an unknown field
+    or a value that is not of the type ``Profile`` declares."""
+    unknown = sorted(set(fields) - PROFILE_UPDATABLE)
+    if unknown:
+        raise ValueError(f"cannot update profile field(s): {', '.join(unknown)}")
+    columns: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name in _TEXT_FIELDS:
+            if not isinstance(value, str):
+                raise ValueError(f"profile.{name} must be a str, got {value!r}")
+            columns[name] = value
+        elif name == "last_active":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"profile.last_active must be a number, got {value!r}")
+            columns[name] = float(value)
+        elif name == "social_links":
+            if not isinstance(value, SocialLinks):
+                raise ValueError(f"profile.social_links must be SocialLinks, got {value!r}")
+            columns[name] = _social_links_to_json(value)
+        elif name == "usage_stats":
+            if not isinstance(value, UsageStats):
+                raise ValueError(f"profile.usage_stats must be UsageStats, got {value!r}")
+            columns[name] = _usage_stats_to_json(value)
+        else:  # preferences
+            if not isinstance(value, Mapping):
+                raise ValueError(f"profile.preferences must be a mapping, got {value!r}")
+            columns[name] = _json(dict(value))
+    return columns
+
+
+# --- the storage -------------------------------------------------------------------
+
+
+class SQLiteStorage(Storage):
+    """``Storage`` on one SQLite file, all access on one dedicated thread.
+
+    ``reactor`` only needs ``callFromThread``: it is how results come back.
+    ``batch_max`` bounds the jobs committed in one transaction; ``timeout`` is
+    SQLite's busy timeout (seconds to wait for a lock held by another process).
+    ``migrations_dir`` replaces the shipped migrations (for tests).
+
+    Cancelling the Deferred of a queued operation only stops waiting for it:
+    the operation still runs.
+    """
+
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        reactor: IReactorFromThreads,
+        *,
+        batch_max: int = 256,
+        timeout: float = 10.0,
+        migrations_dir: Path | None = None,
+    ) -> None:
+        if batch_max < 1:
+            raise ValueError(f"batch_max must be >= 1, got {batch_max}")
+        self.path = Path(path)
+        self.stats = SQLiteStats()
+        #: Names of the migrations the last ``open()`` applied.
+        self.applied_migrations: list[str] = []
+        self._reactor = reactor
+        self._batch_max = batch_max
+        self._timeout = timeout
+        self._migrations_dir = migrations_dir or MIGRATIONS_DIR
+        self._state = "new"  # new → opening → open → closing → closed
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Job[Any]] = collections.deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._opened: Deferred[None] = Deferred()
+        self._close_waiters: list[Deferred[None]] = []
+
+    @property
+    def thread_ident(self) -> int | None:
+        """``threading.get_ident()`` of the database thread while it runs."""
+        return self._thread.ident if self._thread is not None else None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._state != "new":
+            raise StorageError(f"SQLite storage cannot be opened: it is {self._state}")
+        self._state = "opening"
+        self._thread = threading.Thread(
+            target=self._main, name=f"bambid-sqlite:{self.path.name}", daemon=True
+        )
+        self._thread.start()
+        try:
+            await self._opened
+        except Exception as e:
+            # The thread reports the failure, then that it has finished.
+            finished: Deferred[None] = Deferred()
+            self._close_waiters.append(finished)
+            await finished
+            if isinstance(e, StorageError):
+                raise
+            raise StorageError(f"cannot open {self.path}: {e}") from e
+        if self._stopping:
+            raise StorageError("SQLite storage was closed while opening")
+        self._state = "open"
+        for name in self.applied_migrations:
+            log.info("SQLite {path}: applied migration {migration}", path=self.path, migration=name)
+
+    async def close(self) -> None:
+        if self._state in ("new", "closed"):
+            self._state = "closed"
+            return
+        waiter: Deferred[None] = Deferred()
+        self._close_waiters.append(waiter)
+        if self._state in ("opening", "open"):
+            self._state = "closing"
+            with self._cond:
+                self._stopping = True
+                self._cond.notify()
+        await waiter
+
+    def _finished(self) -> None:
+        """On the reactor thread, once the database thread has closed the connection."""
+        if self._thread is not None:
+            self._thread.join()  # it has nothing left to do but return
+        self._state = "closed"
+        with self._cond:
+            leftover, self._queue = list(self._queue), collections.deque()
+        for job in leftover:  # only if the thread died of a bug
+            job.deferred.errback(Failure(StorageError("SQLite storage thread stopped")))
+        waiters, self._close_waiters = self._close_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    # -- the escape hatch -------------------------------------------------------
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        """Run ``fn(connection)`` on the database thread, inside the next group
+        transaction and its own savepoint, and return its result once that
+        transaction committed. For maintenance tools and tests; ``fn`` must not
+        commit, roll back or keep the connection."""
+        return await self._submit(fn, write)
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> Deferred[T]:
+        if self._state != "open":
+            raise StorageError(f"SQLite storage is {self._state}")
+        deferred: Deferred[T] = Deferred()
+        with self._cond:
+            self._queue.append(_Job(fn, write, deferred))
+            self._cond.notify()
+        return deferred
+
+    # -- on the database thread ----------------------------------------------------
+
+    def _main(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            try:
+                conn = self._connect()
+            except Exception as e:
+                self._reactor.callFromThread(self._opened.errback, Failure(e))
+                return
+            self._reactor.callFromThread(self._opened.callback, None)
+            while (batch := self._take()) is not None:
+                self._run_batch(conn, batch)
+        finally:
+            try:
+                if conn is not None:
+                    conn.close()
+            finally:
+                self._reactor.callFromThread(self._finished)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=self._timeout,
+            isolation_level=None,  # transactions are explicit
+            check_same_thread=True,
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"{self.path}: cannot switch to WAL (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self.applied_migrations = migrate(conn, load_migrations(self._migrations_dir))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _take(self) -> list[_Job[Any]] | None:
+        """The next batch; None once stopping and the queue is drained."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            count = min(len(self._queue), self._batch_max)
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
+        writes = sum(1 for job in batch if job.write)
+        outcomes: list[_Outcome] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            for job in batch:
+                outcomes.append(self._run_job(conn, job))
+            conn.execute("COMMIT")
+        except Exception as e:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the batch fails either way
+            cause = e.__cause__ if isinstance(e, _TransactionLost) else e
+            error = StorageError(f"sqlite transaction failed, nothing in it was stored: {cause}")
+            error.__cause__ = cause
+            outcomes = [(job, False, error) for job in batch]
+            self.stats.failed_batches += 1
+        else:
+            self.stats.transactions += 1 if writes else 0
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self.stats.failed_jobs += sum(1 for _, ok, _ in outcomes if not ok)
+        self.stats.batches += 1
+        self.stats.jobs += len(batch)
+        self.stats.writes += writes
+        self._reactor.callFromThread(self._deliver, outcomes)
+
+    @staticmethod
+    def _run_job(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
+        conn.execute("SAVEPOINT job")
+        try:
+            value = job.fn(conn)
+        except Exception as e:
+            if not conn.in_transaction:
+                raise _TransactionLost() from e
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            return (job, False, _storage_error(e))
+        conn.execute("RELEASE job")
+        return (job, True, value)
+
+    @staticmethod
+    def _deliver(outcomes: list[_Outcome]) -> None:
+        for job, ok, value in outcomes:
+            if job.deferred.called:
+                continue  # the caller cancelled it; the job ran all the same
+            if ok:
+                job.deferred.callback(value)
+            else:
+                job.deferred.errback(Failure(value))
+
+    # -- accounts and sessions --------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._submit(lambda conn: conn.execute("SELECT 1").fetchone(), False)
+
+    async def create_account(self, account: Account) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO accounts (username_key, username, password_hash, role, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    account.key,
+                    account.username,
+                    account.password_hash,
+                    account.role,
+                    account.created_at,
+                ),
+            )
+
+        await self._submit(insert, True)
+
+    async def get_account(self, username: str) -> Account | None:
+        def select(conn: sqlite3.Connection) -> Account | None:
+            row = conn.execute(
+                "SELECT * FROM accounts WHERE username_key = ?", (username_key(username),)
+            ).fetchone()
+            return _account_from_row(row) if row else None
+
+        return await self._submit(select, False)
+
+    async def set_account_role(self, username: str, role: str) -> None:
+        def update(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE accounts SET role = ? WHERE username_key = ?",
+                (role, username_key(username)),
+            )
+            if cursor.rowcount == 0:
+                raise NotFoundError(f"no account {username!r}")
+
+        await self._submit(update, True)
+
+    async def create_session(self, session: Session) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO sessions (token_hash, username, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (session.token_hash, session.username, session.created_at, session.expires_at),
+            )
+
+        await self._submit(insert, True)
+
+    async def get_session(self, token_hash: str) -> Session | None:
+        def select(conn: sqlite3.Connection) -> Session | None:
+            row = conn.execute(
+                "SELECT * FROM sessions WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+            return _session_from_row(row) if row else None
+
+        return await self._submit(select, False)
+
+    async def delete_session(self, token_hash: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+        await self._submit(delete, True)
+
+    async def delete_expired_sessions(self, now: float) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
+
+        return await self._submit(delete, True)
+
+    # -- profiles ---------------------------------------------------------------------
+
+    async def ensure_profile(self, username: str, now: float) -> Profile:
+        key = username_key(username)
+
+        def upsert(conn: sqlite3.Connection) -> Profile:
+            defaults = Profile(username=username, created_at=now, last_active=now)
+            conn.execute(
+                "INSERT INTO profiles (username_key, username, created_at, last_active, xp,"
+                " display_name, bio, social_links, likes, loves, profile_style, visibility,"
+                " preferences, usage_stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (username_key) DO NOTHING",
+                (
+                    key,
+                    defaults.username,
+                    defaults.created_at,
+                    defaults.last_active,
+                    defaults.xp,
+                    defaults.display_name,
+                    defaults.bio,
+                    _social_links_to_json(defaults.social_links),
+                    defaults.likes,
+                    defaults.loves,
+                    defaults.profile_style,
+                    defaults.visibility,
+                    _json(defaults.preferences),
+                    _usage_stats_to_json(defaults.usage_stats),
+                ),
+            )
+            return self._select_profile(conn, key, username)
+
+        return await self._submit(upsert, True)
+
+    @staticmethod
+    def _select_profile(conn: sqlite3.Connection, key: str, username: str) -> Profile:
+        row = conn.execute("SELECT * FROM profiles WHERE username_key = ?", (key,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no profile {username!r}")
+        return _profile_from_row(row)
+
+    async def get_profile(self, username: str) -> Profile | None:
+        def select(conn: sqlite3.Connection) -> Profile | None:
+            row = conn.execute(
+                "SELECT * FROM profiles WHERE username_key = ?", (username_key(username),)
+            ).fetchone()
+            return _profile_from_row(row) if row else None
+
+        return await self._submit(select, False)
+
+    async def update_profile(self, username: str, fields: Mapping[str, Any]) -> Profile:
+        columns = _profile_columns(fields)
+        key = username_key(username)
+
+        def update(conn: sqlite3.Connection) -> Profile:
+            if columns:
+                # Column names come from PROFILE_UPDATABLE only (checked above).
+                assignments = ", ".join(f"{name} = ?" for name in columns)
+                conn.execute(
+                    f"UPDATE profiles SET {assignments} WHERE username_key = ?",
+                    (*columns.values(), key),
+                )
+            return self._select_profile(conn, key, username)
+
+        return await self._submit(update, True)
+
+    async def add_xp(self, username: str, amount: int) -> Profile:
+        key = username_key(username)
+
+        def update(conn: sqlite3.Connection) -> Profile:
+            conn.execute(
+                "UPDATE profiles SET xp = MAX(0, xp + ?) WHERE username_key = ?", (amount, key)
+            )
+            return self._select_profile(conn, key, username)
+
+        return await self._submit(update, True)
+
+    # -- public chat ----------------------------------------------------------------
+
+    async def append_chat_message(self, message: NewChatMessage) -> ChatMessage:
+        message_id = uuid.uuid4().hex
+
+        def insert(conn: sqlite3.Connection) -> ChatMessage:
+            # Safe without further locking: this thread is the only writer.
+            (seq,) = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM chat_messages WHERE room = ?",
+                (message.room,),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO chat_messages (message_id, room, seq, username, username_key, text,"
+                " timestamp, message_type, guest, mentions, links, reply_to)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    message.room,
+                    seq,
+                    message.username,
+                    username_key(message.username),
+                    message.text,
+                    message.timestamp,
+                    message.message_type,
+                    int(message.guest),
+                    _mentions_to_json(message.mentions),
+                    _links_to_json(message.links),
+                    message.reply_to,
+                ),
+            )
+            return ChatMessage(
+                message_id=message_id,
+                room=message.room,
+                seq=seq,
+                username=message.username,
+                text=message.text,
+                timestamp=message.timestamp,
+                message_type=message.message_type,
+                guest=message.guest,
+                mentions=message.mentions,
+                links=message.links,
+                reply_to=message.reply_to,
+            )
+
+        return await self._submit(insert, True)
+
+    async def chat_history(
+        self, room: str, before_seq: int | None, limit: int
+    ) -> list[ChatMessage]:
+        if limit <= 0:
+            return []
+
+        def select(conn: sqlite3.Connection) -> list[ChatMessage]:
+            if before_seq is None:
+                rows = conn.execute(
+                    "SELECT * FROM chat_messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
+                    (room, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM chat_messages WHERE room = ? AND seq < ?"
+                    " ORDER BY seq DESC LIMIT ?",
+                    (room, before_seq, limit),
+                ).fetchall()
+            return [_chat_from_row(row) for row in reversed(rows)]
+
+        return await self._submit(select, False)
+
+    async def chat_since(self, room: str, after_seq: int, limit: int) -> list[ChatMessage]:
+        if limit <= 0:
+            return []
+
+        def select(conn: sqlite3.Connection) -> list[ChatMessage]:
+            rows = conn.execute(
+                "SELECT * FROM chat_messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (room, after_seq, limit),
+            ).fetchall()
+            return [_chat_from_row(row) for row in rows]
+
+        return await self._submit(select, False)
+
+    async def last_seq(self, room: str) -> int:
+        def select(conn: sqlite3.Connection) -> int:
+            (seq,) = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM chat_messages WHERE room = ?", (room,)
+            ).fetchone()
+            return int(seq)
+
+        return await self._submit(select, False)
+
+    # -- companion conversations ----------------------------------------------------------
+
+    async def save_conversation(self, conversation: Conversation) -> None:
+        def upsert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO conversations"
+                " (owner_key, owner, title, created_at, updated_at, turns, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    username_key(conversation.owner),
+                    conversation.owner,
+                    conversation.title,
+                    conversation.created_at,
+                    conversation.updated_at,
+                    _turns_to_json(conversation.turns),
+                    _json(conversation.metadata),
+                ),
+            )
+
+        await self._submit(upsert, True)
+
+    async def get_conversation(self, owner: str) -> Conversation | None:
+        def select(conn: sqlite3.Connection) -> Conversation | None:
+            row = conn.execute(
+                "SELECT * FROM conversations WHERE owner_key = ?", (username_key(owner),)
+            ).fetchone()
+            return _conversation_from_row(row) if row else None
+
+        return await self._submit(select, False)
+
+    # -- interaction logs -------------------------------------------------------------
+
+    async def record(self, entry: LogRecord) -> None:
+        spec = _log_table(type(entry))
+        values = spec.to_row(entry)
+        sql = (
+            f"INSERT INTO {spec.table} ({', '.join(spec.columns)})"
+            f" VALUES ({', '.join('?' for _ in spec.columns)})"
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, values)
+
+        await self._submit(insert, True)
+
+    async def list_records(self, kind: type[R], username: str, limit: int) -> list[R]:
+        spec = _log_table(kind)
+        if limit <= 0:
+            return []
+        sql = (
+            f"SELECT * FROM {spec.table} WHERE username_key = ?"
+            " ORDER BY timestamp DESC, id DESC LIMIT ?"
+        )
+
+        def select(conn: sqlite3.Connection) -> list[R]:
+            rows = conn.execute(sql, (username_key(username), limit)).fetchall()
+            return [cast(R, spec.from_row(row)) for row in rows]
+
+        return await self._submit(select, False)

@@ -1,0 +1,60 @@
+"""``twist bambid`` / ``twistd -n bambid``: command-line options and the service tree."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from bambid import config as configuration
+
+
+class Options(usage.Options):
+    """Options of the bambid plugin. Everything else lives in the config file."""
+
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (optional; see etc/bambid.toml.example)."],
+        [
+            "port",
+            "p",
+            None,
+            "Listening endpoint, overriding server.endpoint "
+            "(e.g. tcp:6969:interface=127.0.0.1, unix:/run/bambid.sock, "
+            "systemd:domain=INET:index=0).",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            loaded = configuration.load(self["config"], os.environ)
+        except configuration.ConfigError as e:
+            fail_configuration(e)
+        if self["port"]:
+            loaded = configuration.with_endpoint(loaded, self["port"])
+        self["loaded"] = loaded
+
+
+def makeService(options: Options) -> IService:
+    """Build the whole daemon. Imports are local so ``twist --help`` stays light."""
+    from twisted.internet import reactor
+
+    from bambid import signals
+    from bambid.service import BambidService
+
+    loaded: configuration.Config = options["loaded"]
+    try:
+        service = BambidService(loaded, reactor, base_dir=Path.cwd())
+    except configuration.ConfigError as e:
+        fail_configuration(e)
+    reactor.callWhenRunning(signals.install, reactor)
+    return service
+
+
+def fail_configuration(error: configuration.ConfigError) -> NoReturn:
+    """Stop start-up with one line naming the key, and exit status 2."""
+    sys.stderr.write(f"bambid: configuration error: {error}\n")
+    raise SystemExit(2)

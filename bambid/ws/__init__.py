@@ -1,0 +1,1 @@
+"""The WebSocket endpoint: framing, dispatch and limits. No business logic here."""

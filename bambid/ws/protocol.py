@@ -1,0 +1,212 @@
+"""The bambid WebSocket protocol (transport side). The contract is docs/protocol.md.
+
+Frames are JSON text objects ``{"type": str, "id": optional, ...}``. A frame is
+parsed, checked, then handed to the ``Dispatcher``; handlers run one at a time
+per connection, in arrival order. Every failure is answered with an error frame
+and the connection stays open:
+
+- not JSON, not an object, no string ``type``, binary frame, unknown type:
+  ``{"type":"error","code":"bad_request","message":...}``
+- a handler's ``ClientError``: ``{"type":"error","code":<its code>,...}``
+- anything else: ``{"type":"error","code":"internal"}``, traceback logged here
+  only.
+The ``id`` of the request, when it had one, is echoed on its error.
+
+Limits (from ``[server]``): messages over ``max_message_size`` bytes close the
+connection with 1009; ``Origin`` must be allowed (see ``OriginPolicy``) or the
+handshake is refused with 403; pings every ``ping_interval`` seconds, closing a
+peer silent for ``ping_timeout``. On shutdown every connection is closed with
+1001.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from bambid.config import ServerConfig
+from bambid.jsonutil import dumps
+from bambid.ws.dispatch import ClientError, Dispatcher
+
+CLOSE_GOING_AWAY = 1001
+MAX_PENDING_PER_CONNECTION = 64
+
+
+@attrs.frozen
+class OriginPolicy:
+    """Which browser origins may open a WebSocket.
+
+    With no configured origins, only the server's own origin is allowed: the
+    ``public_url`` origin, or the origin the browser used to reach us (the
+    ``Host`` header with http/https). A request without ``Origin`` comes from a
+    non-browser client and is allowed: cross-site WebSocket hijacking needs a
+    browser, and browsers always send ``Origin``.
+    """
+
+    allowed: frozenset[str]
+    public_origin: str | None
+
+    @classmethod
+    def from_config(cls, server: ServerConfig) -> OriginPolicy:
+        public = _origin_of(server.public_url) if server.public_url else None
+        return cls(frozenset(o.rstrip("/").lower() for o in server.allowed_origins), public)
+
+    def allows(self, origin: str | None, host: str | None) -> bool:
+        """``origin`` is the header value ("" or None when absent; "null" for
+        opaque origins, which are refused unless listed)."""
+        if not origin:
+            return True
+        origin = origin.rstrip("/").lower()
+        if "*" in self.allowed or origin in self.allowed:
+            return True
+        if self.allowed:
+            return False
+        if self.public_origin is not None:
+            return origin == self.public_origin
+        return host is not None and origin in (f"http://{host.lower()}", f"https://{host.lower()}")
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class BambidServerProtocol(WebSocketServerProtocol):
+    """One browser tab or client. Thin: parse, check, dispatch, send."""
+
+    # autobahn owns ``self.log``; ours is ``_log``.
+    _log = Logger()
+    factory: BambidWebSocketFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connection_id = secrets.token_hex(8)
+        self._tail: Deferred[None] = succeed(None)
+        self._pending = 0
+
+    # -- autobahn hooks -------------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        # request.host has the port stripped; the origin check needs host:port.
+        host = request.headers.get("host")
+        if not self.factory.origin_policy.allows(request.origin, host):
+            self._log.info(
+                "refused WebSocket from origin {origin} (host {host})",
+                origin=request.origin,
+                host=host,
+            )
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+
+    def onOpen(self) -> None:
+        self.factory.connections.add(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.connections.discard(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            message = self._parse(payload, isBinary)
+        except ClientError as e:
+            self._send_error(e.code, e.message, None)
+            return
+        if self._pending >= MAX_PENDING_PER_CONNECTION:
+            self._send_error("busy", "too many requests in flight", message.get("id"))
+            return
+        self._pending += 1
+        self._tail.addCallback(lambda _: self._run(message))
+
+    # -- the one way out --------------------------------------------------------
+
+    def send(self, type: str, **fields: Any) -> None:
+        """Send one frame ``{"type": type, **fields}``; a no-op once closed."""
+        if self.state != self.STATE_OPEN:
+            return
+        self.sendMessage(dumps({"type": type, **fields}).encode("utf-8"), isBinary=False)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with any code, server codes (1001,
+        1008, 1011) included, which autobahn's ``sendClose`` refuses."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+
+    # -- internals --------------------------------------------------------------
+
+    @staticmethod
+    def _parse(payload: bytes, is_binary: bool) -> dict[str, Any]:
+        if is_binary:
+            raise ClientError("bad_request", "binary frames are not accepted; send JSON text")
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            raise ClientError("bad_request", "frame is not valid JSON") from None
+        if not isinstance(message, dict):
+            raise ClientError("bad_request", "frame must be a JSON object")
+        if not isinstance(message.get("type"), str) or not message["type"]:
+            raise ClientError("bad_request", "frame needs a string 'type'")
+        correlation = message.get("id")
+        if correlation is not None and not isinstance(correlation, (str, int)):
+            raise ClientError("bad_request", "'id' must be a string or an integer")
+        return message
+
+    def _run(self, message: dict[str, Any]) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self.factory.dispatcher.dispatch(self, message))
+        d.addErrback(self._report, message)
+        d.addBoth(self._finished)
+        return d
+
+    def _finished(self, _: object) -> None:
+        self._pending -= 1
+
+    def _report(self, failure: Any, message: dict[str, Any]) -> None:
+        error = failure.value
+        if isinstance(error, ClientError):
+            self._send_error(error.code, error.message, message.get("id"))
+            return
+        self._log.failure(
+            "handler for {type!r} failed", failure, type=message.get("type"), id=message.get("id")
+        )
+        self._send_error("internal", "internal server error", message.get("id"))
+
+    def _send_error(self, code: str, text: str, correlation: str | int | None) -> None:
+        fields: dict[str, Any] = {"code": code, "message": text}
+        if correlation is not None:
+            fields["id"] = correlation
+        self.send("error", **fields)
+
+
+class BambidWebSocketFactory(WebSocketServerFactory):
+    """Shared state for every connection: the dispatcher, limits, the registry."""
+
+    protocol = BambidServerProtocol  # type: ignore[assignment]  # twisted types it as a generic factory callable
+
+    def __init__(self, server: ServerConfig, dispatcher: Dispatcher, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.dispatcher = dispatcher
+        self.origin_policy = OriginPolicy.from_config(server)
+        self.connections: set[BambidServerProtocol] = set()
+        self.setProtocolOptions(
+            maxMessagePayloadSize=server.max_message_size,
+            maxFramePayloadSize=server.max_message_size,
+            autoPingInterval=server.ping_interval,
+            autoPingTimeout=server.ping_timeout,
+            openHandshakeTimeout=10,
+            # Send a close frame (e.g. 1009) when failing a connection, not a bare TCP drop.
+            failByDrop=False,
+            closeHandshakeTimeout=5,
+        )
+
+    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
+        for connection in list(self.connections):
+            connection.close(code, reason)
+
+    def open_connections(self) -> Iterable[BambidServerProtocol]:
+        return iter(self.connections)

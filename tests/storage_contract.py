@@ -1,0 +1,624 @@
+"""The storage contract: one suite that every backend must pass.
+
+A backend's test module subclasses ``StorageContract`` (as ``Test…``) and
+provides a ``new_storage`` fixture: a callable returning a new, unopened
+``Storage`` on that test's database (every call the same database, so that a
+test can close one and open the next). The ``storage`` fixture here opens one
+and closes it after the test.
+
+Times are whole milliseconds: MongoDB keeps no more (see the interface).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import attrs
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from bambid.models import (
+    PROFILE_UPDATABLE,
+    Account,
+    AIInteraction,
+    AudioInteraction,
+    ChatMessage,
+    ClickedUrl,
+    Conversation,
+    ConversationTurn,
+    LinkRef,
+    LogRecord,
+    Mention,
+    NewChatMessage,
+    Session,
+    SocialLinks,
+    UsageStats,
+    UserInteraction,
+    UserTagInteraction,
+)
+from bambid.storage.interface import DuplicateError, NotFoundError, Storage, StorageError
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+NewStorage = Callable[[], Storage]
+
+T0 = 1_700_000_000.0
+
+_unique = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    """A name no other example of this run uses (hypothesis shares the storage)."""
+    return f"{prefix}{next(_unique)}"
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Wait, from a fixture, for a storage coroutine running on the reactor."""
+    result: T = pytest_twisted.blockon(defer.Deferred.fromCoroutine(coroutine))
+    return result
+
+
+async def gather(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run coroutines concurrently; the first failure fails the whole."""
+    deferreds = [defer.Deferred.fromCoroutine(c) for c in coroutines]
+    results: list[T] = await defer.gatherResults(deferreds, consumeErrors=True)
+    return results
+
+
+def new_message(room: str, text: str = "hello", **fields: Any) -> NewChatMessage:
+    return NewChatMessage(
+        room=room, username=fields.pop("username", "Alice"), text=text, timestamp=T0, **fields
+    )
+
+
+#: Text that survives every backend: any Unicode except lone surrogates.
+texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
+#: Whole milliseconds from 1970 to 2100.
+times = st.integers(min_value=0, max_value=4_102_444_800_000).map(lambda ms: ms / 1000)
+#: JSON- and BSON-friendly values for preferences, metadata and details.
+plain_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
+plain_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(plain_keys, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+plain_dicts = st.dictionaries(plain_keys, plain_values, max_size=5)
+
+fast = settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+_PROPERTY = "_contract_strategies"
+
+
+def for_each_backend(**strategies: st.SearchStrategy[Any]) -> Callable[[F], F]:
+    """Mark an async contract test as a hypothesis test with ``strategies``.
+
+    ``StorageContract.__init_subclass__`` wraps it anew for every backend's
+    class: pytest-twisted rewrites a hypothesis wrapper's inner test in place,
+    so two classes must never share one wrapper."""
+
+    def mark(test: F) -> F:
+        setattr(test, _PROPERTY, strategies)
+        return test
+
+    return mark
+
+
+class StorageContract:
+    """What every ``Storage`` must do. Subclasses provide ``new_storage``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, test in vars(StorageContract).items():
+            strategies = getattr(test, _PROPERTY, None)
+            if strategies is not None:
+                wrapped = fast(given(**strategies)(pytest_twisted.ensureDeferred(test)))
+                setattr(cls, name, wrapped)
+
+    @pytest.fixture
+    def storage(self, new_storage: NewStorage) -> Iterator[Storage]:
+        storage = new_storage()
+        run(storage.open())
+        yield storage
+        run(storage.close())
+
+    # -- basics ---------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_ping(self, storage: Storage) -> None:
+        await storage.ping()
+        assert storage.backend in ("sqlite", "mongodb")
+
+    @pytest_twisted.ensureDeferred
+    async def test_closed_storage_refuses_work(self, new_storage: NewStorage) -> None:
+        storage = new_storage()
+        await storage.open()
+        await storage.close()
+        await storage.close()  # closing twice is harmless
+        with pytest.raises(StorageError):
+            await storage.get_account("alice")
+
+    @pytest_twisted.ensureDeferred
+    async def test_data_survives_reopening(self, new_storage: NewStorage) -> None:
+        first = new_storage()
+        await first.open()
+        await first.create_account(Account("Alice", "hash", "user", T0))
+        sent = await first.append_chat_message(new_message("lobby"))
+        await first.close()
+
+        second = new_storage()
+        await second.open()
+        try:
+            assert await second.get_account("alice") == Account("Alice", "hash", "user", T0)
+            assert await second.chat_history("lobby", None, 10) == [sent]
+            assert (await second.append_chat_message(new_message("lobby"))).seq == 2
+        finally:
+            await second.close()
+
+    # -- accounts -------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_account_lookup_is_case_insensitive(self, storage: Storage) -> None:
+        account = Account("Alice", "$argon2id$v=19$hash", "moderator", T0)
+        await storage.create_account(account)
+        assert await storage.get_account("Alice") == account
+        assert await storage.get_account("alice") == account
+        assert await storage.get_account("ALICE") == account
+        assert await storage.get_account("bob") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_duplicate_username_differing_in_case(self, storage: Storage) -> None:
+        await storage.create_account(Account("Alice", "h1", "user", T0))
+        with pytest.raises(DuplicateError):
+            await storage.create_account(Account("aLICE", "h2", "admin", T0 + 1))
+        assert await storage.get_account("alice") == Account("Alice", "h1", "user", T0)
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_registrations_of_one_name(self, storage: Storage) -> None:
+        attempts = [storage.create_account(Account("Bob", "h", "user", T0))]
+        attempts += [storage.create_account(Account("BOB", "h", "user", T0)) for _ in range(4)]
+        outcomes = await defer.DeferredList(
+            [defer.Deferred.fromCoroutine(a) for a in attempts], consumeErrors=True
+        )
+        assert [ok for ok, _ in outcomes].count(True) == 1
+        for ok, value in outcomes:
+            assert ok or (isinstance(value, Failure) and value.check(DuplicateError))
+
+    @pytest_twisted.ensureDeferred
+    async def test_set_account_role(self, storage: Storage) -> None:
+        await storage.create_account(Account("Alice", "h", "user", T0))
+        await storage.set_account_role("ALICE", "admin")
+        assert await storage.get_account("alice") == Account("Alice", "h", "admin", T0)
+        with pytest.raises(NotFoundError):
+            await storage.set_account_role("nobody", "admin")
+
+    # -- sessions ---------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_session_lifecycle(self, storage: Storage) -> None:
+        session = Session("a" * 64, "Alice", T0, T0 + 3600)
+        await storage.create_session(session)
+        assert await storage.get_session("a" * 64) == session
+        assert await storage.get_session("b" * 64) is None
+        with pytest.raises(DuplicateError):
+            await storage.create_session(Session("a" * 64, "Bob", T0, T0 + 60))
+        await storage.delete_session("a" * 64)
+        assert await storage.get_session("a" * 64) is None
+        await storage.delete_session("a" * 64)  # deleting a missing session is fine
+
+    @pytest_twisted.ensureDeferred
+    async def test_expired_sessions(self, storage: Storage) -> None:
+        await storage.create_session(Session("old", "Alice", T0, T0 + 10))
+        await storage.create_session(Session("edge", "Alice", T0, T0 + 20))
+        await storage.create_session(Session("new", "Bob", T0, T0 + 30))
+        # Expired sessions are still returned until deleted.
+        assert await storage.get_session("old") == Session("old", "Alice", T0, T0 + 10)
+        assert await storage.delete_expired_sessions(T0 + 20) == 2  # expires_at <= now
+        assert await storage.get_session("old") is None
+        assert await storage.get_session("edge") is None
+        assert await storage.get_session("new") == Session("new", "Bob", T0, T0 + 30)
+        assert await storage.delete_expired_sessions(T0 + 20) == 0
+
+    # -- profiles ---------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_ensure_profile_creates_once(self, storage: Storage) -> None:
+        assert await storage.get_profile("alice") is None
+        created = await storage.ensure_profile("Alice", T0)
+        assert created.username == "Alice"
+        assert (created.xp, created.created_at, created.last_active) == (0, T0, T0)
+        assert created.social_links == SocialLinks()
+        assert created.usage_stats == UsageStats()
+        assert created.preferences == {}
+        again = await storage.ensure_profile("ALICE", T0 + 100)
+        assert again == created
+        assert await storage.get_profile("aLiCe") == created
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_ensure_profile(self, storage: Storage) -> None:
+        profiles = await gather([storage.ensure_profile("Carol", T0 + i) for i in range(10)])
+        assert len({(p.username, p.created_at) for p in profiles}) == 1
+
+    @pytest_twisted.ensureDeferred
+    async def test_update_every_field(self, storage: Storage) -> None:
+        await storage.ensure_profile("Alice", T0)
+        values: dict[str, Any] = {
+            "display_name": "Alice Ü",
+            "bio": "line one\nline two ✨",
+            "social_links": SocialLinks(twitter="@a", discord="a#1", custom="https://a.example"),
+            "profile_style": "neon",
+            "visibility": "private",
+            "preferences": {"theme": "dark", "volume": 0.5, "triggers": ["a", "b"], "n": {"x": 1}},
+            "last_active": T0 + 42.125,
+            "usage_stats": UsageStats(
+                sessions_count=3, total_time_spent=12.5, triggers_activated=7, messages_posted=9
+            ),
+        }
+        assert set(values) == PROFILE_UPDATABLE
+        for name, value in values.items():
+            before = await storage.get_profile("alice")
+            assert before is not None
+            updated = await storage.update_profile("ALICE", {name: value})
+            assert updated == attrs.evolve(before, **{name: value})
+            assert await storage.get_profile("alice") == updated
+
+    @pytest_twisted.ensureDeferred
+    async def test_update_several_fields_at_once(self, storage: Storage) -> None:
+        created = await storage.ensure_profile("Alice", T0)
+        fields: dict[str, Any] = {"bio": "hi", "visibility": "a", "preferences": {"a": [1, None]}}
+        updated = await storage.update_profile("alice", fields)
+        assert updated == attrs.evolve(created, **fields)
+        assert await storage.update_profile("alice", {}) == updated
+
+    @pytest_twisted.ensureDeferred
+    async def test_update_profile_refusals(self, storage: Storage) -> None:
+        created = await storage.ensure_profile("Alice", T0)
+        for field in ("xp", "username", "likes", "created_at", "no_such_field"):
+            with pytest.raises(ValueError):
+                await storage.update_profile("alice", {field: 1})
+        with pytest.raises(ValueError):
+            await storage.update_profile("alice", {"bio": "ok", "xp": 10**6})
+        assert await storage.get_profile("alice") == created
+        with pytest.raises(NotFoundError):
+            await storage.update_profile("nobody", {"bio": "x"})
+        with pytest.raises(NotFoundError):
+            await storage.update_profile("nobody", {})
+
+    @pytest_twisted.ensureDeferred
+    async def test_add_xp_floors_at_zero(self, storage: Storage) -> None:
+        await storage.ensure_profile("Alice", T0)
+        assert (await storage.add_xp("alice", 10)).xp == 10
+        assert (await storage.add_xp("ALICE", -3)).xp == 7
+        assert (await storage.add_xp("Alice", -100)).xp == 0
+        assert (await storage.add_xp("Alice", 0)).xp == 0
+        profile = await storage.get_profile("alice")
+        assert profile is not None and profile.xp == 0
+        with pytest.raises(NotFoundError):
+            await storage.add_xp("nobody", 5)
+
+    @pytest_twisted.ensureDeferred
+    async def test_add_xp_is_atomic(self, storage: Storage) -> None:
+        await storage.ensure_profile("Alice", T0)
+        profiles = await gather([storage.add_xp("alice", 1) for _ in range(50)])
+        assert sorted(p.xp for p in profiles) == list(range(1, 51))
+        final = await storage.get_profile("alice")
+        assert final is not None and final.xp == 50
+
+    @for_each_backend(
+        display_name=texts,
+        bio=texts,
+        preferences=plain_dicts,
+        last_active=times,
+        links=st.builds(SocialLinks, texts, texts, texts, texts, texts),
+        stats=st.builds(
+            UsageStats,
+            st.integers(0, 2**31),
+            st.floats(0, 1e9),
+            st.integers(0, 2**31),
+            st.integers(0, 2**31),
+        ),
+    )
+    async def test_profile_fields_round_trip(
+        self,
+        storage: Storage,
+        display_name: str,
+        bio: str,
+        preferences: dict[str, Any],
+        last_active: float,
+        links: SocialLinks,
+        stats: UsageStats,
+    ) -> None:
+        name = unique("Üser")
+        await storage.ensure_profile(name, T0)
+        fields = {
+            "display_name": display_name,
+            "bio": bio,
+            "preferences": preferences,
+            "last_active": last_active,
+            "social_links": links,
+            "usage_stats": stats,
+        }
+        updated = await storage.update_profile(name, fields)
+        assert await storage.get_profile(name.upper()) == updated
+        for field, value in fields.items():
+            assert getattr(updated, field) == value
+
+    # -- chat -------------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_sequence_numbers_per_room(self, storage: Storage) -> None:
+        assert await storage.last_seq("lobby") == 0
+        lobby = [await storage.append_chat_message(new_message("lobby")) for _ in range(3)]
+        other = [await storage.append_chat_message(new_message("other")) for _ in range(2)]
+        lobby.append(await storage.append_chat_message(new_message("lobby")))
+        assert [m.seq for m in lobby] == [1, 2, 3, 4]
+        assert [m.seq for m in other] == [1, 2]
+        assert await storage.last_seq("lobby") == 4
+        assert await storage.last_seq("other") == 2
+        assert await storage.last_seq("empty") == 0
+        ids = {m.message_id for m in lobby + other}
+        assert len(ids) == 6 and all(isinstance(i, str) and i for i in ids)
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_appends_get_distinct_gap_free_numbers(self, storage: Storage) -> None:
+        messages = await gather(
+            [storage.append_chat_message(new_message("busy", f"m{i}")) for i in range(120)]
+            + [storage.append_chat_message(new_message("quiet", f"q{i}")) for i in range(5)]
+        )
+        busy = [m for m in messages if m.room == "busy"]
+        assert sorted(m.seq for m in busy) == list(range(1, 121))
+        assert sorted(m.seq for m in messages if m.room == "quiet") == [1, 2, 3, 4, 5]
+        assert len({m.message_id for m in messages}) == 125
+        assert await storage.last_seq("busy") == 120
+        history = await storage.chat_history("busy", None, 200)
+        assert [m.seq for m in history] == list(range(1, 121))
+        assert {m.text: m.seq for m in history} == {m.text: m.seq for m in busy}
+
+    @pytest_twisted.ensureDeferred
+    async def test_history_paging(self, storage: Storage) -> None:
+        for i in range(1, 26):
+            await storage.append_chat_message(new_message("lobby", f"message {i}"))
+        await storage.append_chat_message(new_message("elsewhere"))
+
+        async def seqs(before: int | None, limit: int) -> list[int]:
+            return [m.seq for m in await storage.chat_history("lobby", before, limit)]
+
+        assert await seqs(None, 10) == list(range(16, 26))
+        assert await seqs(16, 10) == list(range(6, 16))
+        assert await seqs(6, 10) == [1, 2, 3, 4, 5]
+        assert await seqs(1, 10) == []
+        assert await seqs(None, 100) == list(range(1, 26))
+        assert await seqs(1000, 2) == [24, 25]
+        assert await seqs(None, 0) == []
+        assert await storage.chat_history("nowhere", None, 10) == []
+        page = await storage.chat_history("lobby", 3, 5)
+        assert [m.text for m in page] == ["message 1", "message 2"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_chat_since(self, storage: Storage) -> None:
+        for i in range(1, 11):
+            await storage.append_chat_message(new_message("lobby", f"message {i}"))
+        assert [m.seq for m in await storage.chat_since("lobby", 0, 3)] == [1, 2, 3]
+        assert [m.seq for m in await storage.chat_since("lobby", 7, 10)] == [8, 9, 10]
+        assert await storage.chat_since("lobby", 10, 10) == []
+        assert await storage.chat_since("lobby", 0, 0) == []
+        assert await storage.chat_since("nowhere", 0, 10) == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_message_fields_round_trip(self, storage: Storage) -> None:
+        first = await storage.append_chat_message(new_message("lobby", "plain"))
+        sent = await storage.append_chat_message(
+            NewChatMessage(
+                room="lobby",
+                username="Guest-42",
+                text="hi @Alice and @bob, see https://example.com/x?y=1",
+                timestamp=T0 + 0.125,
+                message_type="system",
+                guest=True,
+                mentions=(Mention("Alice", 3), Mention("bob", 13)),
+                links=(LinkRef("https://example.com/x?y=1", True), LinkRef("http://bad", False)),
+                reply_to=first.message_id,
+            )
+        )
+        assert sent == ChatMessage(
+            message_id=sent.message_id,
+            room="lobby",
+            seq=2,
+            username="Guest-42",
+            text="hi @Alice and @bob, see https://example.com/x?y=1",
+            timestamp=T0 + 0.125,
+            message_type="system",
+            guest=True,
+            mentions=(Mention("Alice", 3), Mention("bob", 13)),
+            links=(LinkRef("https://example.com/x?y=1", True), LinkRef("http://bad", False)),
+            reply_to=first.message_id,
+        )
+        assert await storage.chat_history("lobby", None, 10) == [first, sent]
+        assert await storage.chat_since("lobby", 1, 10) == [sent]
+        assert first.mentions == () and first.links == () and first.reply_to is None
+        assert first.message_type == "user" and first.guest is False
+
+    @for_each_backend(
+        room=texts,
+        username=texts,
+        text=texts,
+        timestamp=times,
+        mentions=st.lists(st.builds(Mention, texts, st.integers(0, 10_000)), max_size=3),
+        links=st.lists(st.builds(LinkRef, texts, st.booleans()), max_size=3),
+    )
+    async def test_any_message_round_trips(
+        self,
+        storage: Storage,
+        room: str,
+        username: str,
+        text: str,
+        timestamp: float,
+        mentions: list[Mention],
+        links: list[LinkRef],
+    ) -> None:
+        room = unique(room)
+        message = NewChatMessage(
+            room, username, text, timestamp, mentions=tuple(mentions), links=tuple(links)
+        )
+        sent = await storage.append_chat_message(message)
+        assert (sent.room, sent.seq, sent.username, sent.text) == (room, 1, username, text)
+        assert (sent.timestamp, sent.mentions, sent.links) == (
+            timestamp,
+            tuple(mentions),
+            tuple(links),
+        )
+        assert await storage.chat_history(room, None, 5) == [sent]
+
+    # -- conversations ------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_conversation_save_and_replace(self, storage: Storage) -> None:
+        assert await storage.get_conversation("alice") is None
+        first = Conversation(
+            owner="Alice",
+            title="First chat",
+            created_at=T0,
+            updated_at=T0 + 5,
+            turns=(
+                ConversationTurn("system", "You are kind.", T0),
+                ConversationTurn("user", "Hello 👋", T0 + 1),
+                ConversationTurn("assistant", "Hi!", T0 + 2.5),
+            ),
+            metadata={"model": "x", "tokens": [1, 2], "nested": {"ok": True}},
+        )
+        await storage.save_conversation(first)
+        assert await storage.get_conversation("ALICE") == first
+        second = attrs.evolve(
+            first,
+            title="Renamed",
+            updated_at=T0 + 9,
+            turns=(ConversationTurn("user", "only this", T0 + 9),),
+            metadata={},
+        )
+        await storage.save_conversation(second)
+        assert await storage.get_conversation("alice") == second
+        other = Conversation("Bob", "", T0, T0)
+        await storage.save_conversation(other)
+        assert await storage.get_conversation("bob") == other
+        assert await storage.get_conversation("alice") == second
+
+    @for_each_backend(
+        title=texts,
+        turns=st.lists(
+            st.builds(
+                ConversationTurn, st.sampled_from(["system", "user", "assistant"]), texts, times
+            ),
+            max_size=5,
+        ).map(tuple),
+        metadata=plain_dicts,
+        created=times,
+    )
+    async def test_any_conversation_round_trips(
+        self,
+        storage: Storage,
+        title: str,
+        turns: tuple[ConversationTurn, ...],
+        metadata: dict[str, Any],
+        created: float,
+    ) -> None:
+        conversation = Conversation(unique("Owner"), title, created, created, turns, metadata)
+        await storage.save_conversation(conversation)
+        assert await storage.get_conversation(conversation.owner) == conversation
+
+    # -- interaction logs -----------------------------------------------------------
+
+    @staticmethod
+    def log_entry(kind: type[LogRecord], username: str, timestamp: float, n: int) -> LogRecord:
+        if kind is AIInteraction:
+            return AIInteraction(
+                username=username,
+                interaction_type="chat",
+                input_data=f"question {n}",
+                output_data=f"answer {n}",
+                duration=0.25 * n,
+                timestamp=timestamp,
+                connection_id=f"conn-{n}",
+                error=None if n % 2 else f"error {n}",
+            )
+        if kind is AudioInteraction:
+            return AudioInteraction(username, "trigger", f"sound {n}", timestamp, {"n": n})
+        if kind is UserInteraction:
+            return UserInteraction(username, f"action {n}", timestamp, {"path": ["a", n]})
+        if kind is ClickedUrl:
+            return ClickedUrl(
+                username, f"https://example.com/{n}", timestamp, f"m{n}" if n % 2 else None
+            )
+        if kind is UserTagInteraction:
+            return UserTagInteraction(username, f"by{n}", "lobby", f"message-{n}", timestamp)
+        raise AssertionError(kind)
+
+    @pytest.mark.parametrize(
+        "kind",
+        [AIInteraction, AudioInteraction, UserInteraction, ClickedUrl, UserTagInteraction],
+    )
+    @pytest_twisted.ensureDeferred
+    async def test_records_newest_first(self, storage: Storage, kind: type[LogRecord]) -> None:
+        entries = [self.log_entry(kind, "Alice", T0 + n, n) for n in (2, 1, 4, 3)]
+        for entry in entries:
+            await storage.record(entry)
+        await storage.record(self.log_entry(kind, "Bob", T0 + 10, 10))
+
+        by_time = sorted(entries, key=lambda e: e.timestamp, reverse=True)
+        assert await storage.list_records(kind, "alice", 10) == by_time
+        assert await storage.list_records(kind, "ALICE", 2) == by_time[:2]
+        assert await storage.list_records(kind, "Alice", 0) == []
+        assert await storage.list_records(kind, "bob", 10) == [
+            self.log_entry(kind, "Bob", T0 + 10, 10)
+        ]
+        assert await storage.list_records(kind, "carol", 10) == []
+        for other in (AIInteraction, AudioInteraction, UserInteraction, ClickedUrl):
+            if other is not kind:
+                assert await storage.list_records(other, "alice", 10) == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_records_at_the_same_time_newest_written_first(self, storage: Storage) -> None:
+        for n in range(5):
+            await storage.record(UserInteraction("Alice", f"action {n}", T0))
+        listed = await storage.list_records(UserInteraction, "alice", 3)
+        assert [e.action for e in listed] == ["action 4", "action 3", "action 2"]
+
+    @for_each_backend(
+        input_data=texts,
+        output_data=texts,
+        details=plain_dicts,
+        timestamp=times,
+        duration=st.floats(0, 1e6),
+    )
+    async def test_any_record_round_trips(
+        self,
+        storage: Storage,
+        input_data: str,
+        output_data: str,
+        details: dict[str, Any],
+        timestamp: float,
+        duration: float,
+    ) -> None:
+        user = unique("Logger")
+        ai = AIInteraction(user, "chat", input_data, output_data, duration, timestamp, "c", None)
+        audio = AudioInteraction(user, "tts", output_data, timestamp, details)
+        await storage.record(ai)
+        await storage.record(audio)
+        assert await storage.list_records(AIInteraction, user, 5) == [ai]
+        assert await storage.list_records(AudioInteraction, user, 5) == [audio]

@@ -1,0 +1,71 @@
+"""A real headless Chromium (Debian's, driven by Playwright) loads the home page
+and sees the WebSocket connected, with no CSP violations or script errors."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser
+
+from tests.daemon import Daemon
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield instance
+        instance.close()
+
+
+def test_home_page_connects(browser: Browser, tmp_path: Path) -> None:
+    with Daemon.start(tmp_path) as daemon:
+        page = browser.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(daemon.http + "/")
+        state = page.locator("#connection-state")
+        page.wait_for_selector("#connection-state[data-state=connected]", timeout=15000)
+        assert state.inner_text() == "connected"
+        assert "bambid" in page.locator("#connection-detail").inner_text()
+        # Bootstrap's stylesheet really applied (served locally, allowed by the CSP).
+        assert (
+            page.evaluate("getComputedStyle(document.querySelector('.navbar')).display") == "flex"
+        )
+        page.screenshot(path=str(tmp_path / "home.png"))
+        assert problems == []
+        page.close()
+
+
+def test_page_shows_disconnected_when_the_server_stops(browser: Browser, tmp_path: Path) -> None:
+    with Daemon.start(tmp_path) as daemon:
+        page = browser.new_page()
+        page.goto(daemon.http + "/")
+        page.wait_for_selector("#connection-state[data-state=connected]", timeout=15000)
+        assert daemon.terminate() == 0
+        page.wait_for_selector("#connection-state[data-state=disconnected]", timeout=15000)
+        assert "server restarting" in page.locator("#connection-detail").inner_text()
+        page.close()

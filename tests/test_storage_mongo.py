@@ -1,0 +1,893 @@
+"""The MongoDB backend.
+
+Three layers:
+
+- the storage contract against a real MongoDB when ``BAMBID_TEST_MONGODB_URI``
+  is set (each test gets its own database, dropped afterwards), skipped
+  otherwise;
+- the same contract, offline, against ``FakeMongo``: an in-memory stand-in for
+  the few txmongo calls the backend makes, with MongoDB's semantics for them
+  (unique indexes, upserts, ``$inc``, update pipelines, sort and limit), BSON
+  round-trips of every document, and a check that every call carries a
+  timeout;
+- unit tests of what needs no server: URI parsing, write concern, index
+  specifications and the record <-> document conversions.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import functools
+import os
+import socket
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import attrs
+import bson
+import pytest
+import pytest_twisted
+from bson import ObjectId
+from hypothesis import given
+from hypothesis import strategies as st
+from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure
+from pymongo.results import DeleteResult, InsertOneResult, UpdateResult
+from twisted.internet import defer, reactor, task
+
+from bambid.config import ConfigError, StorageConfig
+from bambid.models import (
+    Account,
+    AIInteraction,
+    AudioInteraction,
+    ChatMessage,
+    ClickedUrl,
+    Conversation,
+    ConversationTurn,
+    LinkRef,
+    LogRecord,
+    Mention,
+    Profile,
+    Session,
+    SocialLinks,
+    UsageStats,
+    UserInteraction,
+    UserTagInteraction,
+)
+from bambid.storage import mongo
+from bambid.storage.interface import StorageError
+from bambid.storage.mongo import (
+    CODEC_OPTIONS,
+    INDEXES,
+    IndexSpec,
+    MongoSettings,
+    MongoStorage,
+    parse_uri,
+    write_concern_from_config,
+)
+from tests.storage_contract import (
+    T0,
+    NewStorage,
+    StorageContract,
+    fast,
+    new_message,
+    plain_dicts,
+    run,
+    texts,
+    times,
+)
+
+MONGODB_URI = os.environ.get("BAMBID_TEST_MONGODB_URI", "")
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+# --- against a real server ----------------------------------------------------------
+
+
+async def drop_database(uri: str, name: str) -> None:
+    settings = MongoStorage(StorageConfig(uri=uri), database=name).settings
+    pool, database = await mongo.connect_txmongo(settings)
+    try:
+        await database.command("dropDatabase", timeout=30)
+    finally:
+        await pool.disconnect()
+
+
+@pytest.fixture
+def server_storage() -> Iterator[NewStorage]:
+    database = f"bambid_test_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    made: list[MongoStorage] = []
+
+    def make() -> MongoStorage:
+        storage = MongoStorage(StorageConfig(uri=MONGODB_URI, timeout=30), database=database)
+        made.append(storage)
+        return storage
+
+    yield make
+    for storage in made:
+        run(storage.close())
+    run(drop_database(MONGODB_URI, database))
+
+
+@pytest.mark.mongodb
+@pytest.mark.skipif(
+    not MONGODB_URI, reason="set BAMBID_TEST_MONGODB_URI=mongodb://host/ to test on MongoDB"
+)
+class TestMongoServerContract(StorageContract):
+    @pytest.fixture
+    def new_storage(self, server_storage: NewStorage) -> NewStorage:
+        return server_storage
+
+
+# --- FakeMongo ----------------------------------------------------------------------------
+
+
+def as_bson(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as MongoDB would store and return it."""
+    result: dict[str, Any] = bson.decode(bson.encode(doc), codec_options=CODEC_OPTIONS)
+    return result
+
+
+def field(doc: dict[str, Any], name: str) -> Any:
+    return doc.get(name)
+
+
+def compare(a: Any, b: Any) -> int:
+    if a is None or b is None:
+        return (a is not None) - (b is not None)
+    return (a > b) - (a < b)
+
+
+def matches(doc: dict[str, Any], query: dict[str, Any]) -> bool:
+    for name, condition in query.items():
+        value = field(doc, name)
+        if isinstance(condition, dict) and condition and next(iter(condition)).startswith("$"):
+            for op, operand in condition.items():
+                if value is None:
+                    return False
+                outcome = {
+                    "$lt": value < operand,
+                    "$lte": value <= operand,
+                    "$gt": value > operand,
+                    "$gte": value >= operand,
+                }[op]
+                if not outcome:
+                    return False
+        elif value != condition:
+            return False
+    return True
+
+
+def evaluate(doc: dict[str, Any], expression: Any) -> Any:
+    """The aggregation expressions the backend uses in update pipelines."""
+    if isinstance(expression, str) and expression.startswith("$"):
+        return field(doc, expression[1:])
+    if isinstance(expression, dict):
+        ((op, args),) = expression.items()
+        values = [evaluate(doc, arg) for arg in args]
+        if op == "$add":
+            return None if None in values else sum(values)
+        if op == "$max":
+            return max((v for v in values if v is not None), default=None)
+        if op == "$ifNull":
+            return values[0] if values[0] is not None else values[1]
+        raise AssertionError(f"FakeMongo does not know {op}")
+    return expression
+
+
+class FakeCollection:
+    def __init__(self, server: FakeMongo, name: str) -> None:
+        self.server = server
+        self.name = name
+        self.docs: list[dict[str, Any]] = []
+        self.indexes: dict[str, tuple[tuple[tuple[str, int], ...], bool]] = {}
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _reply(self, method: str, kwargs: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """Check the call, do it now (atomically), answer on a later reactor turn."""
+        assert kwargs.get("timeout", 0) > 0, f"{self.name}.{method} called without a timeout"
+        assert "deadline" not in kwargs
+        self.server.calls.append(f"{self.name}.{method}")
+        try:
+            if self.server.fail_next is not None:
+                error, self.server.fail_next = self.server.fail_next, None
+                raise error
+            result = compute()
+        except Exception as e:
+            failure = e
+
+            def fail() -> Any:
+                raise failure
+
+            return self.server.later(fail)
+        return self.server.later(lambda: copy.deepcopy(result))
+
+    def _check_unique(self, candidate: dict[str, Any]) -> None:
+        for other in self.docs:
+            if other is not candidate and other["_id"] == candidate["_id"]:
+                raise DuplicateKeyError("E11000 duplicate key _id", 11000)
+        for keys, unique in self.indexes.values():
+            if not unique:
+                continue
+            key = [field(candidate, name) for name, _ in keys]
+            for other in self.docs:
+                if other is not candidate and [field(other, n) for n, _ in keys] == key:
+                    raise DuplicateKeyError(f"E11000 duplicate key {key}", 11000)
+
+    def _sorted(self, docs: list[dict[str, Any]], sort: Any) -> list[dict[str, Any]]:
+        if sort is None:
+            return list(docs)
+        keys = sort["orderby"]
+
+        def order(a: dict[str, Any], b: dict[str, Any]) -> int:
+            for name, direction in keys:
+                c = compare(field(a, name), field(b, name)) * direction
+                if c:
+                    return c
+            return 0
+
+        return sorted(docs, key=functools.cmp_to_key(order))
+
+    def _store(self, doc: dict[str, Any], replacing: dict[str, Any] | None) -> dict[str, Any]:
+        stored = as_bson(doc)
+        if replacing is not None:
+            position = self.docs.index(replacing)
+            self.docs[position] = stored
+            try:
+                self._check_unique(stored)
+            except DuplicateKeyError:
+                self.docs[position] = replacing
+                raise
+        else:
+            self.docs.append(stored)
+            try:
+                self._check_unique(stored)
+            except DuplicateKeyError:
+                self.docs.pop()
+                raise
+        return stored
+
+    def _apply(self, doc: dict[str, Any], update: Any, inserting: bool) -> dict[str, Any]:
+        new = copy.deepcopy(doc)
+        if isinstance(update, list):
+            for stage in update:
+                ((op, spec),) = stage.items()
+                assert op == "$set", op
+                for name, expression in spec.items():
+                    new[name] = evaluate(new, expression)
+            return new
+        for op, spec in update.items():
+            if op == "$set" or (op == "$setOnInsert" and inserting):
+                new.update(spec)
+            elif op == "$inc":
+                for name, amount in spec.items():
+                    new[name] = (new.get(name) or 0) + amount
+            elif op != "$setOnInsert":
+                raise AssertionError(f"FakeMongo does not know {op}")
+        return new
+
+    def _first(self, query: dict[str, Any], sort: Any = None) -> dict[str, Any] | None:
+        found = self._sorted([d for d in self.docs if matches(d, query)], sort)
+        return found[0] if found else None
+
+    # -- the txmongo Collection API the backend uses ---------------------------------
+
+    def insert_one(self, document: dict[str, Any], **kwargs: Any) -> Any:
+        def insert() -> InsertOneResult:
+            document.setdefault("_id", ObjectId())  # txmongo sets it on the caller's dict
+            self._store(document, None)
+            return InsertOneResult(document["_id"], True)
+
+        return self._reply("insert_one", kwargs, insert)
+
+    def find_one(self, filter: dict[str, Any], sort: Any = None, **kwargs: Any) -> Any:
+        return self._reply("find_one", kwargs, lambda: self._first(filter, sort))
+
+    def find(self, filter: dict[str, Any], sort: Any = None, limit: int = 0, **kwargs: Any) -> Any:
+        def find() -> list[dict[str, Any]]:
+            found = self._sorted([d for d in self.docs if matches(d, filter)], sort)
+            return found[:limit] if limit else found
+
+        return self._reply("find", kwargs, find)
+
+    def update_one(self, filter: dict[str, Any], update: Any, **kwargs: Any) -> Any:
+        def update_one() -> UpdateResult:
+            doc = self._first(filter)
+            if doc is None:
+                return UpdateResult({"n": 0, "nModified": 0}, True)
+            self._store(self._apply(doc, update, inserting=False), doc)
+            return UpdateResult({"n": 1, "nModified": 1}, True)
+
+        return self._reply("update_one", kwargs, update_one)
+
+    def replace_one(
+        self, filter: dict[str, Any], replacement: dict[str, Any], upsert: bool = False, **kw: Any
+    ) -> Any:
+        def replace() -> UpdateResult:
+            assert not any(k.startswith("$") for k in replacement)
+            doc = self._first(filter)
+            if doc is None:
+                if not upsert:
+                    return UpdateResult({"n": 0, "nModified": 0}, True)
+                new = {"_id": ObjectId(), **replacement}
+                self._store(new, None)
+                return UpdateResult({"n": 1, "nModified": 0, "upserted": new["_id"]}, True)
+            self._store({"_id": doc["_id"], **replacement}, doc)
+            return UpdateResult({"n": 1, "nModified": 1}, True)
+
+        return self._reply("replace_one", kw, replace)
+
+    def delete_one(self, filter: dict[str, Any], **kwargs: Any) -> Any:
+        def delete() -> DeleteResult:
+            doc = self._first(filter)
+            if doc is not None:
+                self.docs.remove(doc)
+            return DeleteResult({"n": int(doc is not None)}, True)
+
+        return self._reply("delete_one", kwargs, delete)
+
+    def delete_many(self, filter: dict[str, Any], **kwargs: Any) -> Any:
+        def delete() -> DeleteResult:
+            doomed = [d for d in self.docs if matches(d, filter)]
+            self.docs = [d for d in self.docs if d not in doomed]
+            return DeleteResult({"n": len(doomed)}, True)
+
+        return self._reply("delete_many", kwargs, delete)
+
+    def find_one_and_update(
+        self,
+        filter: dict[str, Any],
+        update: Any,
+        upsert: bool = False,
+        return_document: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        def find_and_modify() -> dict[str, Any] | None:
+            doc = self._first(filter)
+            if doc is not None:
+                stored = self._store(self._apply(doc, update, inserting=False), doc)
+                return stored if return_document else doc
+            if not upsert:
+                return None
+            seed = {k: v for k, v in filter.items() if not isinstance(v, dict)}
+            seed.setdefault("_id", ObjectId())
+            stored = self._store(self._apply(seed, update, inserting=True), None)
+            return stored if return_document else None
+
+        return self._reply("find_one_and_update", kwargs, find_and_modify)
+
+    def ensure_index(self, sort: Any, name: str, unique: bool = False, **kwargs: Any) -> Any:
+        def create() -> str:
+            keys = tuple(sort["orderby"])
+            if name in self.indexes and self.indexes[name] != (keys, unique):
+                raise OperationFailure("IndexOptionsConflict", 85)
+            self.indexes[name] = (keys, unique)
+            return name
+
+        return self._reply("ensure_index", kwargs, create)
+
+
+class FakeDatabase:
+    def __init__(self, server: FakeMongo, name: str) -> None:
+        self.server = server
+        self.name = name
+
+    def __getitem__(self, name: str) -> FakeCollection:
+        return self.server.collection(self.name, name)
+
+    def command(self, command: str, **kwargs: Any) -> Any:
+        assert command == "ping"
+        return self["$cmd"]._reply("command", kwargs, lambda: {"ok": 1})
+
+
+class FakePool:
+    def __init__(self, server: FakeMongo) -> None:
+        self.server = server
+
+    def disconnect(self) -> defer.Deferred[None]:
+        self.server.open_pools -= 1
+        return defer.succeed(None)
+
+
+class FakeMongo:
+    """One in-memory MongoDB server; ``connect`` is ``MongoStorage``'s seam."""
+
+    def __init__(self) -> None:
+        self.databases: dict[tuple[str, str], FakeCollection] = {}
+        self.calls: list[str] = []
+        self.settings: list[MongoSettings] = []
+        self.open_pools = 0
+        self.fail_next: Exception | None = None
+        self.held: list[tuple[defer.Deferred[Any], Callable[[], Any]]] | None = None
+
+    def collection(self, database: str, name: str) -> FakeCollection:
+        return self.databases.setdefault((database, name), FakeCollection(self, name))
+
+    def later(self, answer: Callable[[], Any]) -> defer.Deferred[Any]:
+        """Answer on a later reactor turn (or at ``release()`` while held), so
+        that concurrent operations interleave as they do over a network."""
+        if self.held is not None:
+            waiting: defer.Deferred[Any] = defer.Deferred()
+            self.held.append((waiting, answer))
+            return waiting
+        return task.deferLater(reactor, 0, answer)
+
+    def hold(self) -> None:
+        self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for waiting, answer in held:
+            defer.maybeDeferred(answer).chainDeferred(waiting)
+
+    async def connect(self, settings: MongoSettings) -> tuple[FakePool, FakeDatabase]:
+        self.settings.append(settings)
+        self.open_pools += 1
+        return FakePool(self), FakeDatabase(self, settings.database)
+
+
+@pytest.fixture
+def fake() -> FakeMongo:
+    return FakeMongo()
+
+
+@pytest.fixture
+def fake_storage(fake: FakeMongo) -> Iterator[NewStorage]:
+    made: list[MongoStorage] = []
+
+    def make() -> MongoStorage:
+        storage = MongoStorage(StorageConfig(uri="mongodb://fake/bambid"), connect=fake.connect)
+        made.append(storage)
+        return storage
+
+    yield make
+    for storage in made:
+        run(storage.close())
+    assert fake.open_pools == 0
+
+
+class TestFakeMongoContract(StorageContract):
+    @pytest.fixture
+    def new_storage(self, fake_storage: NewStorage) -> NewStorage:
+        return fake_storage
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_creates_every_index(fake: FakeMongo) -> None:
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/chat"), connect=fake.connect)
+    await storage.open()
+    try:
+        created = {
+            (collection, index_name): spec
+            for (database, collection), coll in fake.databases.items()
+            for index_name, spec in coll.indexes.items()
+            if database == "chat"
+        }
+        assert created == {(i.collection, i.name): (i.keys, i.unique) for i in INDEXES}, (
+            "every index, in the URI's database"
+        )
+        # Opening again against the same server is idempotent.
+        again = MongoStorage(StorageConfig(uri="mongodb://fake/chat"), connect=fake.connect)
+        await again.open()
+        await again.close()
+    finally:
+        await storage.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_driver_errors_become_storage_errors(fake: FakeMongo) -> None:
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await storage.open()
+    try:
+        fake.fail_next = AutoReconnect("connection refused")
+        with pytest.raises(StorageError, match="connection refused") as caught:
+            await storage.ping()
+        assert type(caught.value) is StorageError
+        assert isinstance(caught.value.__cause__, AutoReconnect)
+        from txmongo.errors import TimeExceeded
+
+        fake.fail_next = TimeExceeded("TxMongo: run time of 10s exceeded.")
+        with pytest.raises(StorageError, match="TimeExceeded"):
+            await storage.append_chat_message(new_message("lobby"))
+        await storage.ping()  # and it keeps working
+    finally:
+        await storage.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_open_disconnects(fake: FakeMongo) -> None:
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    fake.fail_next = AutoReconnect("no primary")
+    with pytest.raises(StorageError, match="no primary"):
+        await storage.open()
+    assert fake.open_pools == 0
+    with pytest.raises(StorageError):
+        await storage.ping()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_waits_for_operations_in_flight(fake: FakeMongo) -> None:
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await storage.open()
+    fake.hold()
+    appending = defer.Deferred.fromCoroutine(storage.append_chat_message(new_message("lobby")))
+    closing = defer.Deferred.fromCoroutine(storage.close())
+    with pytest.raises(StorageError):
+        await storage.last_seq("lobby")  # refused once closing began
+    assert not closing.called and fake.open_pools == 1
+    fake.release()  # the counter answers; the insert goes out and answers later
+    sent = await appending
+    await closing
+    assert sent.seq == 1 and fake.open_pools == 0
+    assert [d["seq"] for d in fake.collection("bambid", "chat_messages").docs] == [1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sequence_numbers_come_from_counters(fake: FakeMongo) -> None:
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await storage.open()
+    try:
+        for _ in range(3):
+            await storage.append_chat_message(new_message("lobby"))
+        counters = fake.collection("bambid", "counters").docs
+        assert [(d["_id"], d["seq"]) for d in counters] == [("lobby", 3)]
+    finally:
+        await storage.close()
+
+
+# --- the real txmongo connection, without a server ------------------------------------
+
+
+def refused_port() -> int:
+    """A loopback port where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest_twisted.ensureDeferred
+async def test_txmongo_pool_gets_our_write_concern_and_credentials() -> None:
+    config = StorageConfig(
+        uri=f"mongodb://ann:s%3Acret@127.0.0.1:{refused_port()}/?authSource=users",
+        write_concern="2",
+        pool_size=3,
+    )
+    settings = MongoStorage(config).settings
+    pool, database = await mongo.connect_txmongo(settings)
+    try:
+        assert pool.write_concern.document == {"w": 2, "j": True}
+        assert database.write_concern.document == {"w": 2, "j": True}
+        assert database["profiles"].write_concern.document == {"w": 2, "j": True}
+        assert database.codec_options.tz_aware
+        assert database.name == "bambid"
+        assert len(pool.getprotocols()) == 3
+        assert pool.auth_creds == {"users": ("ann", "s:cret", "DEFAULT")}
+    finally:
+        await pool.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_server_fails_open_with_storage_error() -> None:
+    config = StorageConfig(uri=f"mongodb://127.0.0.1:{refused_port()}/x", timeout=0.2)
+    storage = MongoStorage(config)
+    with pytest.raises(StorageError, match="TimeExceeded"):
+        await storage.open()
+    with pytest.raises(StorageError):
+        await storage.ping()
+    await storage.close()
+
+
+class IndexesAlreadyThere:
+    """A real txmongo ``Database``, except that ``ensure_index`` answers at once:
+    lets a storage open without a server, so that each operation reaches txmongo."""
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+
+    def __getitem__(self, name: str) -> Any:
+        return _IndexesAlreadyThere(self.database[name])
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        return self.database.command(*args, **kwargs)
+
+
+class _IndexesAlreadyThere:
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+
+    def ensure_index(self, *args: Any, **kwargs: Any) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.collection, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_operation_reaches_txmongo_with_a_deadline() -> None:
+    """Against a port where nothing listens, each operation must fail with
+    txmongo's own TimeExceeded (wrapped): proof that every call is accepted by
+    txmongo's signatures and carries a timeout."""
+
+    async def connect(settings: MongoSettings) -> tuple[Any, Any]:
+        pool, database = await mongo.connect_txmongo(settings)
+        return pool, IndexesAlreadyThere(database)
+
+    config = StorageConfig(uri=f"mongodb://127.0.0.1:{refused_port()}/x", timeout=0.3)
+    storage = MongoStorage(config, connect=connect)
+    await storage.open()
+    operations: list[Coroutine[Any, Any, Any]] = [
+        storage.ping(),
+        storage.create_account(Account("A", "h", "user", T0)),
+        storage.get_account("a"),
+        storage.set_account_role("a", "admin"),
+        storage.create_session(Session("t", "A", T0, T0)),
+        storage.get_session("t"),
+        storage.delete_session("t"),
+        storage.delete_expired_sessions(T0),
+        storage.ensure_profile("A", T0),
+        storage.get_profile("a"),
+        storage.update_profile("a", {"bio": "x"}),
+        storage.add_xp("a", 1),
+        storage.append_chat_message(new_message("lobby")),
+        storage.chat_history("lobby", None, 10),
+        storage.chat_history("lobby", 5, 10),
+        storage.chat_since("lobby", 0, 10),
+        storage.last_seq("lobby"),
+        storage.save_conversation(Conversation("A", "t", T0, T0)),
+        storage.get_conversation("a"),
+        storage.record(UserInteraction("A", "x", T0)),
+        storage.list_records(UserInteraction, "a", 10),
+    ]
+    results: list[tuple[bool, Any]] = await defer.DeferredList(
+        [defer.Deferred.fromCoroutine(op) for op in operations], consumeErrors=True
+    )
+    await storage.close()
+    for (ok, failure), operation in zip(results, operations, strict=True):
+        assert not ok, operation
+        assert failure.check(StorageError), (operation, failure)
+        assert "TimeExceeded" in str(failure.value), (operation, failure.value)
+
+
+# --- offline units ----------------------------------------------------------------------
+
+
+def test_parse_uri() -> None:
+    plain = parse_uri("mongodb://localhost:27017")
+    assert (plain.uri_database, plain.database, plain.username) == (None, "bambid", None)
+    assert plain.auth_source == "admin"
+    full = parse_uri(
+        "mongodb://us%40er:p%3Ass@h1:1,h2:2/chat%20db?replicaSet=rs&authSource=users"
+        "&authMechanism=SCRAM-SHA-256"
+    )
+    assert full.uri_database == full.database == "chat db"
+    assert (full.username, full.password) == ("us@er", "p:ss")
+    assert (full.auth_source, full.auth_mechanism) == ("users", "SCRAM-SHA-256")
+    srv = parse_uri("mongodb+srv://u:p@cluster0.example.net/app?retryWrites=true")
+    assert (srv.database, srv.auth_source) == ("app", "app")
+    for bad in ("http://x", "mongodb://", "mongodb://user:pw@"):
+        with pytest.raises(ConfigError, match=r"^storage\.uri: "):
+            parse_uri(bad)
+
+
+def test_write_concern_from_config() -> None:
+    assert write_concern_from_config(StorageConfig()).document == {"w": "majority", "j": True}
+    assert write_concern_from_config(StorageConfig(write_concern="2")).document == {
+        "w": 2,
+        "j": True,
+    }
+    assert write_concern_from_config(
+        StorageConfig(write_concern="dc-tags", journal=False)
+    ).document == {"w": "dc-tags", "j": False}
+    for unacknowledged in ("0", "", "  "):
+        with pytest.raises(ConfigError, match=r"^storage\.write_concern: "):
+            write_concern_from_config(StorageConfig(write_concern=unacknowledged))
+
+
+def test_settings_from_config() -> None:
+    config = StorageConfig(uri="mongodb://db:27017/chat", pool_size=7, timeout=2.5)
+    settings = MongoStorage(config).settings
+    assert (settings.database, settings.pool_size, settings.timeout) == ("chat", 7, 2.5)
+    assert settings.write_concern.document == {"w": "majority", "j": True}
+    assert settings.codec_options.tz_aware
+    assert MongoStorage(config, database="other").settings.database == "other"
+    assert MongoStorage(StorageConfig(uri="mongodb://db")).settings.database == "bambid"
+
+
+def test_index_specifications() -> None:
+    expected = {
+        ("accounts", (("username_key", 1),), True),
+        ("sessions", (("token_hash", 1),), True),
+        ("sessions", (("expires_at", 1),), False),
+        ("profiles", (("username_key", 1),), True),
+        ("profiles", (("last_active", -1),), False),
+        ("chat_messages", (("room", 1), ("seq", 1)), True),
+        ("chat_messages", (("timestamp", -1),), False),
+        ("chat_messages", (("username", 1),), False),
+        ("ai_interactions", (("timestamp", -1),), False),
+        ("ai_interactions", (("username", 1),), False),
+        ("conversations", (("owner_key", 1),), True),
+    } | {
+        (name, (("username_key", 1), ("timestamp", -1)), False)
+        for name in (
+            "ai_interactions",
+            "audio_interactions",
+            "user_interactions",
+            "clicked_urls",
+            "user_tag_interactions",
+        )
+    }
+    assert {(i.collection, i.keys, i.unique) for i in INDEXES} == expected
+    assert len(INDEXES) == len(expected)
+    assert IndexSpec("chat_messages", (("room", 1), ("seq", 1))).name == "room_1_seq_1"
+
+
+def test_times() -> None:
+    assert mongo.to_datetime(T0 + 0.125) == dt.datetime(2023, 11, 14, 22, 13, 20, 125000, dt.UTC)
+    assert mongo.from_datetime(mongo.to_datetime(T0 + 0.125)) == T0 + 0.125
+    assert mongo.from_datetime(dt.datetime(1970, 1, 1, 0, 0, 1)) == 1.0  # naive is UTC
+    assert mongo.from_datetime(mongo.to_datetime(1.0004)) == 1.0
+    assert mongo.from_datetime(mongo.to_datetime(1.0006)) == 1.001
+
+
+def round_trip(doc: dict[str, Any]) -> dict[str, Any]:
+    return as_bson(doc)
+
+
+@fast
+@given(
+    username=texts,
+    text=texts,
+    timestamp=times,
+    mentions=st.lists(st.builds(Mention, texts, st.integers(0, 2**31)), max_size=3),
+    links=st.lists(st.builds(LinkRef, texts, st.booleans()), max_size=3),
+    reply_to=st.none() | texts,
+)
+def test_chat_message_documents(
+    username: str,
+    text: str,
+    timestamp: float,
+    mentions: list[Mention],
+    links: list[LinkRef],
+    reply_to: str | None,
+) -> None:
+    message = ChatMessage(
+        uuid.uuid4().hex,
+        "lobby",
+        7,
+        username,
+        text,
+        timestamp,
+        "user",
+        True,
+        tuple(mentions),
+        tuple(links),
+        reply_to,
+    )
+    doc = mongo.chat_message_to_document(message)
+    assert isinstance(doc["timestamp"], dt.datetime)
+    assert mongo.chat_message_from_document(round_trip(doc)) == message
+
+
+@fast
+@given(
+    preferences=plain_dicts,
+    bio=texts,
+    created=times,
+    active=times,
+    xp=st.integers(0, 2**62),
+    stats=st.builds(
+        UsageStats, st.integers(0, 2**31), st.floats(0, 1e9), st.integers(0, 9), st.integers(0, 9)
+    ),
+)
+def test_profile_documents(
+    preferences: dict[str, Any],
+    bio: str,
+    created: float,
+    active: float,
+    xp: int,
+    stats: UsageStats,
+) -> None:
+    profile = Profile(
+        username="Ünïcode",
+        created_at=created,
+        last_active=active,
+        xp=xp,
+        bio=bio,
+        social_links=SocialLinks(twitter="@x", custom=bio),
+        likes=3,
+        loves=4,
+        profile_style="neon",
+        visibility="private",
+        preferences=preferences,
+        usage_stats=stats,
+    )
+    doc = mongo.profile_to_document(profile)
+    assert doc["username_key"] == "ünïcode"
+    assert mongo.profile_from_document(round_trip(doc)) == profile
+
+
+def test_profile_defaults_for_sparse_documents() -> None:
+    doc = {
+        "username": "Old",
+        "created_at": mongo.to_datetime(T0),
+        "last_active": mongo.to_datetime(T0),
+    }
+    assert mongo.profile_from_document(round_trip(doc)) == Profile("Old", T0, T0)
+
+
+def test_profile_update_documents() -> None:
+    update = mongo.profile_update_document(
+        {
+            "bio": "b",
+            "last_active": T0,
+            "social_links": SocialLinks(reddit="r"),
+            "usage_stats": UsageStats(messages_posted=2),
+            "preferences": {"a": 1},
+        }
+    )
+    assert update["last_active"] == mongo.to_datetime(T0)
+    assert update["social_links"]["reddit"] == "r"
+    assert update["usage_stats"]["messages_posted"] == 2
+    assert update["preferences"] == {"a": 1}
+    bad_fields: list[dict[str, Any]] = [
+        {"xp": 1},
+        {"bio": 3},
+        {"social_links": {}},
+        {"last_active": True},
+    ]
+    for bad in bad_fields:
+        with pytest.raises(ValueError):
+            mongo.profile_update_document(bad)
+
+
+@fast
+@given(metadata=plain_dicts, title=texts, when=times, content=texts)
+def test_conversation_and_account_documents(
+    metadata: dict[str, Any], title: str, when: float, content: str
+) -> None:
+    conversation = Conversation(
+        "Owner",
+        title,
+        when,
+        when,
+        (ConversationTurn("user", content, when), ConversationTurn("assistant", "ok", when)),
+        metadata,
+    )
+    doc = mongo.conversation_to_document(conversation)
+    assert doc["owner_key"] == "owner"
+    assert mongo.conversation_from_document(round_trip(doc)) == conversation
+
+    account = Account("Owner", "$argon2id$…", "admin", when)
+    assert mongo.account_from_document(round_trip(mongo.account_to_document(account))) == account
+    session = Session("f" * 64, "Owner", when, (round(when * 1000) + 60_000) / 1000)
+    assert mongo.session_from_document(round_trip(mongo.session_to_document(session))) == session
+
+
+@fast
+@given(text=texts, details=plain_dicts, when=times, error=st.none() | texts)
+def test_log_documents(text: str, details: dict[str, Any], when: float, error: str | None) -> None:
+    entries: list[LogRecord] = [
+        AIInteraction("Amy", "chat", text, text[::-1], 1.5, when, "conn", error),
+        AudioInteraction("Amy", "tts", text, when, details),
+        UserInteraction("Amy", "click", when, details),
+        ClickedUrl("Amy", text, when, error),
+        UserTagInteraction("amy", "Bob", "lobby", text, when),
+    ]
+    for entry in entries:
+        doc = mongo.log_to_document(entry)
+        assert doc["username_key"] == "amy"
+        codec = mongo.LOG_CODECS[type(entry)]
+        assert codec.from_document(round_trip(doc)) == entry
+    assert {type(e) for e in entries} == set(mongo.LOG_CODECS)
+
+
+def test_unknown_log_kind() -> None:
+    @attrs.frozen
+    class Other:
+        collection = "others"
+
+    with pytest.raises(ValueError):
+        mongo.log_to_document(Other())  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Web assets (Jinja2 templates and static files), installed as bambid.assets."""
