@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 import types
 from collections.abc import Callable, Mapping
@@ -133,12 +134,103 @@ class VoiceConfig:
         return self.backend or ("kokoro" if self.url else "espeak")
 
 
+def _room_names(v: list[str]) -> str | None:
+    if not v:
+        return "needs at least one room"
+    for name in v:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
+            return f"room names are 1-32 of a-z, 0-9, _ and -, got {name!r}"
+    if len(set(v)) != len(v):
+        return "room names must be unique"
+    return None
+
+
+def _usernames(v: list[str]) -> str | None:
+    for name in v:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{3,32}", name):
+            return f"not a valid username: {name!r}"
+    return None
+
+
+def _ascending(v: list[int]) -> str | None:
+    if not v or any(b <= a for a, b in zip(v, v[1:], strict=False)) or v[0] <= 0:
+        return f"must be positive and strictly increasing, got {v!r}"
+    return None
+
+
+@attrs.frozen
+class ChatConfig:
+    """[chat]: public rooms and what a message may be."""
+
+    rooms: list[str] = setting(attrs.Factory(lambda: ["lobby"]), _room_names)
+    allow_guests: bool = setting(True)
+    history_limit: int = setting(50, _at_least(1))
+    max_message_length: int = setting(2000, _at_least(1))
+    resume_cap: int = setting(500, _at_least(1))
+    typing_interval: float = setting(3.0, _at_least(0))
+    filtered_words_file: str = setting("")
+    link_denylist_file: str = setting("")
+
+
+@attrs.frozen
+class AuthConfig:
+    """[auth]: accounts, sessions and who administers."""
+
+    admins: list[str] = setting(attrs.Factory(list), _usernames)
+    session_days: float = setting(30.0, _at_least(0.01))
+    guest_session_days: float = setting(1.0, _at_least(0.01))
+    login_burst: int = setting(5, _at_least(1))
+    login_per_minute: float = setting(5.0, _at_least(0.01))
+
+
+@attrs.frozen
+class LimitsConfig:
+    """[limits]: rate limits (token buckets) and flow control."""
+
+    connection_burst: int = setting(30, _at_least(1))
+    connection_per_second: float = setting(10.0, _at_least(0.01))
+    chat_burst: int = setting(5, _at_least(1))
+    chat_per_second: float = setting(1.0, _at_least(0.01))
+    abuse_strikes: int = setting(10, _at_least(1))
+    abuse_mute_seconds: float = setting(300.0, _at_least(1))
+    send_buffer_bytes: int = setting(4194304, _at_least(65536))
+
+
+@attrs.frozen
+class XPConfig:
+    """[xp]: the one XP table; awards are decided by the server only."""
+
+    levels: list[int] = setting(
+        attrs.Factory(lambda: [1000, 2500, 4500, 7000, 12000, 36000, 112000, 332000]), _ascending
+    )
+    unlocks: list[str] = setting(
+        attrs.Factory(
+            lambda: [
+                "triggers",
+                "collar",
+                "session_history",
+                "spirals",
+                "hypnosis",
+                "audio_playlist",
+                "binaural",
+                "advanced_binaural",
+            ]
+        )
+    )
+    chat_message: int = setting(2, _at_least(0))
+    chat_awards_per_minute: int = setting(10, _at_least(0))
+
+
 @attrs.frozen
 class Config:
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     ai: AIConfig = AIConfig()
     voice: VoiceConfig = VoiceConfig()
+    chat: ChatConfig = ChatConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    xp: XPConfig = XPConfig()
 
 
 SECTIONS: dict[str, type[Any]] = get_type_hints(Config)
@@ -156,7 +248,10 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
         _merge_file(raw, Path(path))
     _apply_legacy_environment(raw, environ)
     _apply_environment(raw, environ)
-    return Config(**{name: _build_section(name, SECTIONS[name], raw[name]) for name in SECTIONS})
+    config = Config(**{name: _build_section(name, SECTIONS[name], raw[name]) for name in SECTIONS})
+    if len(config.xp.unlocks) != len(config.xp.levels):
+        raise ConfigError("xp.unlocks", "needs exactly one feature per level in xp.levels")
+    return config
 
 
 def _merge_file(raw: dict[str, dict[str, Any]], path: Path) -> None:
@@ -240,8 +335,14 @@ def _convert(dotted: str, kind: Any, value: Any) -> Any:
         kind = next(a for a in get_args(kind) if a is not type(None))
         origin = get_origin(kind)
     if origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(dotted, f"must be a list of strings, got {value!r}")
+        (item,) = get_args(kind)
+        if isinstance(value, list) and item is int and all(isinstance(v, str) for v in value):
+            value = [_parse_env_text(dotted, int, _EnvText(dotted, v)) for v in value]
+        if not isinstance(value, list) or not all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value
+        ):
+            noun = "integers" if item is int else "strings"
+            raise ConfigError(dotted, f"must be a list of {noun}, got {value!r}")
         return list(value)
     if kind is bool:
         if not isinstance(value, bool):

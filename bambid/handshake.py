@@ -39,4 +39,5 @@ class HelloHandler:
         }
         if "id" in message:
             reply["id"] = message["id"]
+        connection.greeted = True
         connection.send("welcome", **reply)

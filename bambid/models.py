@@ -35,12 +35,33 @@ class Account:
 
 @attrs.frozen
 class Session:
-    """A login session. Only the hash of the opaque cookie token is stored."""
+    """A login session. Only the hash of the opaque cookie token is stored.
+    A guest session has no account: ``username`` is the name the guest chose."""
 
     token_hash: str
     username: str
     created_at: float
     expires_at: float
+    guest: bool = False
+
+
+SANCTION_KINDS = ("ban", "mute")
+
+
+@attrs.frozen
+class Sanction:
+    """A moderation measure against a person: a ban (no login, no connection)
+    or a mute (no posting). ``expires_at`` None means until lifted."""
+
+    kind: str
+    username: str
+    reason: str
+    by: str
+    created_at: float
+    expires_at: float | None = None
+
+    def active_at(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
 
 
 @attrs.frozen
@@ -106,6 +127,11 @@ class LinkRef:
     is_clean: bool
 
 
+#: ``message_type`` values: a person's message, a moderator's notice, and the
+#: record that a moderator deleted message ``reply_to``.
+MESSAGE_TYPES = ("user", "notice", "deletion")
+
+
 @attrs.frozen
 class NewChatMessage:
     """A chat message before storage has given it an id and a sequence number."""
@@ -123,7 +149,9 @@ class NewChatMessage:
 
 @attrs.frozen
 class ChatMessage:
-    """A stored public chat message; ``seq`` is 1, 2, 3... per room, no gaps."""
+    """A stored public chat message; ``seq`` is 1, 2, 3... per room, no gaps.
+    A deleted message keeps its place (``seq``) with ``deleted`` set and its
+    text, mentions and links emptied."""
 
     message_id: str
     room: str
@@ -136,6 +164,7 @@ class ChatMessage:
     mentions: tuple[Mention, ...] = ()
     links: tuple[LinkRef, ...] = ()
     reply_to: str | None = None
+    deleted: bool = False
 
 
 @attrs.frozen

@@ -48,8 +48,10 @@ class BambidService(MultiService):
         self.endpoint = _parse_endpoint(reactor, config.server.endpoint)
         self.storage: Storage = make_storage(config.storage, reactor, base_dir)
         self.dispatcher = Dispatcher()
-        self.dispatcher.register("hello", HelloHandler(reactor))
-        self.ws_factory = BambidWebSocketFactory(config.server, self.dispatcher, reactor)
+        self.dispatcher.register("hello", HelloHandler(reactor), before_hello=True)
+        self.ws_factory = BambidWebSocketFactory(
+            config.server, config.limits, self.dispatcher, reactor
+        )
         self.health = HealthReporter(
             storage=self.storage,
             clock=reactor,

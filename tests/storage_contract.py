@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from bambid.models import (
     PROFILE_UPDATABLE,
+    SANCTION_KINDS,
     Account,
     AIInteraction,
     AudioInteraction,
@@ -36,6 +37,7 @@ from bambid.models import (
     LogRecord,
     Mention,
     NewChatMessage,
+    Sanction,
     Session,
     SocialLinks,
     UsageStats,
@@ -96,6 +98,13 @@ plain_values = st.recursive(
     max_leaves=12,
 )
 plain_dicts = st.dictionaries(plain_keys, plain_values, max_size=5)
+#: Name fragments: any text without NUL, with a bias to characters whose case
+#: folding is special or that sit at the edges of what a range query can bound.
+name_parts = st.text(
+    alphabet=st.sampled_from(list("aAbBsSßẞİıΣσς\u00e9\u00c9\ud7ff\ue000\uffff\U0010ffff"))
+    | st.characters(codec="utf-8", exclude_characters="\x00"),
+    max_size=6,
+)
 
 fast = settings(
     max_examples=25,
@@ -161,14 +170,24 @@ class StorageContract:
         await first.open()
         await first.create_account(Account("Alice", "hash", "user", T0))
         sent = await first.append_chat_message(new_message("lobby"))
+        deleted = await first.delete_chat_message(
+            (await first.append_chat_message(new_message("lobby", "oops"))).message_id
+        )
+        guest = Session("g" * 64, "Guest-1", T0, T0 + 60, guest=True)
+        await first.create_session(guest)
+        mute = Sanction("mute", "Guest-1", "flood", "Mod", T0, None)
+        await first.set_sanction(mute)
         await first.close()
 
         second = new_storage()
         await second.open()
         try:
             assert await second.get_account("alice") == Account("Alice", "hash", "user", T0)
-            assert await second.chat_history("lobby", None, 10) == [sent]
-            assert (await second.append_chat_message(new_message("lobby"))).seq == 2
+            assert deleted is not None and deleted.deleted
+            assert await second.chat_history("lobby", None, 10) == [sent, deleted]
+            assert (await second.append_chat_message(new_message("lobby"))).seq == 3
+            assert await second.list_sessions("guest-1") == [guest]
+            assert await second.get_sanction("mute", "GUEST-1") == mute
         finally:
             await second.close()
 
@@ -209,6 +228,87 @@ class StorageContract:
         with pytest.raises(NotFoundError):
             await storage.set_account_role("nobody", "admin")
 
+    @pytest_twisted.ensureDeferred
+    async def test_list_accounts_in_key_order(self, storage: Storage) -> None:
+        assert await storage.list_accounts(0, 10) == []
+        assert await storage.count_accounts() == 0
+        names = ["bob", "Zed", "ALAN", "Ärger", "Alice", "Straße", "Am", "carol"]
+        accounts = {name: Account(name, "h", "user", T0) for name in names}
+        for account in accounts.values():
+            await storage.create_account(account)
+        # Keys: alan alice am bob carol strasse zed ärger (code point order).
+        ordered = [
+            accounts[n] for n in ("ALAN", "Alice", "Am", "bob", "carol", "Straße", "Zed", "Ärger")
+        ]
+        assert await storage.list_accounts(0, 100) == ordered
+        assert await storage.count_accounts() == 8
+        assert await storage.list_accounts(0, 3) == ordered[:3]
+        assert await storage.list_accounts(3, 3) == ordered[3:6]
+        assert await storage.list_accounts(6, 3) == ordered[6:]
+        assert await storage.list_accounts(8, 3) == []
+        assert await storage.list_accounts(100, 3) == []
+        assert await storage.list_accounts(0, 0) == []
+        assert await storage.list_accounts(0, -1) == []
+        for offset in (-1, -100):
+            with pytest.raises(ValueError):
+                await storage.list_accounts(offset, 10)
+        with pytest.raises(ValueError):
+            await storage.list_accounts(-1, 0)
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_accounts_by_prefix(self, storage: Storage) -> None:
+        names = ["bob", "ALAN", "Alice", "Am", "Straße", "Strasser", "stray", "Al"]
+        accounts = {name: Account(name, "h", "user", T0) for name in names}
+        for account in accounts.values():
+            await storage.create_account(account)
+
+        async def listed(prefix: str, offset: int = 0, limit: int = 100) -> list[str]:
+            return [a.username for a in await storage.list_accounts(offset, limit, prefix)]
+
+        assert await listed("al") == ["Al", "ALAN", "Alice"]
+        assert await listed("AL") == ["Al", "ALAN", "Alice"]
+        assert await storage.count_accounts("aL") == 3
+        assert await listed("ali") == ["Alice"]
+        assert await listed("alice") == ["Alice"]
+        assert await listed("alicex") == []
+        assert await listed("a") == ["Al", "ALAN", "Alice", "Am"]
+        assert await listed("al", offset=1, limit=1) == ["ALAN"]
+        assert await listed("al", offset=3) == []
+        # The prefix is folded like a username: "STRASS" and "straß" both match
+        # the key "strasse".
+        assert await listed("STRASS") == ["Straße", "Strasser"]
+        assert await listed("straß") == ["Straße", "Strasser"]
+        assert await storage.count_accounts("Straße") == 2
+        assert await listed("str") == ["Straße", "Strasser", "stray"]
+        assert await listed("x") == [] and await storage.count_accounts("x") == 0
+        assert await listed("") == await listed("", limit=100) and len(await listed("")) == 8
+        assert await storage.count_accounts("") == 8
+        with pytest.raises(ValueError):
+            await storage.list_accounts(-1, 10, "al")
+
+    @for_each_backend(
+        parts=st.lists(name_parts, min_size=1, max_size=6),
+        prefix=name_parts,
+        offset=st.integers(0, 4),
+        limit=st.integers(-1, 5),
+    )
+    async def test_any_account_prefix(
+        self, storage: Storage, parts: list[str], prefix: str, offset: int, limit: int
+    ) -> None:
+        # Each example has a namespace of its own: "ns7-" starts no other key.
+        namespace = unique("ns") + "-"
+        accounts: dict[str, Account] = {}
+        for part in parts:
+            account = Account(namespace + part, "h", "user", T0)
+            accounts.setdefault(account.key, account)
+        for account in accounts.values():
+            await storage.create_account(account)
+        wanted = (namespace + prefix).casefold()
+        matching = [accounts[key] for key in sorted(accounts) if key.startswith(wanted)]
+        assert await storage.count_accounts(namespace + prefix) == len(matching)
+        expected = matching[offset : offset + limit] if limit > 0 else []
+        assert await storage.list_accounts(offset, limit, namespace + prefix) == expected
+
     # -- sessions ---------------------------------------------------------------
 
     @pytest_twisted.ensureDeferred
@@ -235,6 +335,132 @@ class StorageContract:
         assert await storage.get_session("edge") is None
         assert await storage.get_session("new") == Session("new", "Bob", T0, T0 + 30)
         assert await storage.delete_expired_sessions(T0 + 20) == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_guest_sessions_round_trip(self, storage: Storage) -> None:
+        guest = Session("g" * 64, "Guest-Ü7", T0, T0 + 60.125, guest=True)
+        member = Session("m" * 64, "Alice", T0, T0 + 60)
+        await storage.create_session(guest)
+        await storage.create_session(member)
+        assert await storage.get_session("g" * 64) == guest
+        assert await storage.get_session("m" * 64) == member
+        assert member.guest is False
+        assert await storage.list_sessions("guest-ü7") == [guest]
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_and_delete_sessions_of_a_user(self, storage: Storage) -> None:
+        # Created out of order; names differ in case (and in ß against SS, which
+        # only str.casefold equates); one is expired, one is a guest's.
+        newest = Session("s3", "STRASSE", T0 + 3, T0 + 100)
+        oldest = Session("s1", "Straße", T0 + 1, T0 + 2)
+        middle = Session("s2", "strasse", T0 + 2, T0 + 100, guest=True)
+        other = Session("s4", "Strasser", T0, T0 + 100)
+        for session in (newest, oldest, middle, other):
+            await storage.create_session(session)
+        assert await storage.list_sessions("straSSe") == [oldest, middle, newest]
+        assert await storage.list_sessions("strasser") == [other]
+        assert await storage.list_sessions("nobody") == []
+        assert await storage.delete_sessions("STRAßE") == 3
+        assert await storage.list_sessions("strasse") == []
+        assert await storage.get_session("s1") is None
+        assert await storage.get_session("s4") == other
+        assert await storage.delete_sessions("strasse") == 0
+        assert await storage.delete_sessions("nobody") == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_sessions_of_a_user_at_the_same_time(self, storage: Storage) -> None:
+        sessions = [Session(token, "Alice", T0, T0 + 60) for token in ("c", "a", "b")]
+        for session in sessions:
+            await storage.create_session(session)
+        listed = await storage.list_sessions("alice")
+        assert sorted(listed, key=lambda s: s.token_hash) == sorted(
+            sessions, key=lambda s: s.token_hash
+        )
+
+    # -- moderation -------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_sanction_set_get_replace_remove(self, storage: Storage) -> None:
+        assert await storage.get_sanction("ban", "alice") is None
+        ban = Sanction("ban", "Alice", "spam ✨", "Mod", T0, T0 + 3600.125)
+        await storage.set_sanction(ban)
+        assert await storage.get_sanction("ban", "ALICE") == ban
+        assert await storage.get_sanction("mute", "alice") is None  # kinds are independent
+        mute = Sanction("mute", "alice", "flood", "Mod", T0 + 1)
+        await storage.set_sanction(mute)
+        stored_mute = await storage.get_sanction("mute", "Alice")
+        assert stored_mute == mute and stored_mute.expires_at is None
+        assert await storage.get_sanction("ban", "alice") == ban
+
+        # Setting again replaces the sanction of that kind: one per person.
+        again = Sanction("ban", "ALICE", "again", "Admin", T0 + 10, None)
+        await storage.set_sanction(again)
+        assert await storage.get_sanction("ban", "alice") == again
+        assert await storage.list_sanctions("ban") == [again]
+        shorter = attrs.evolve(again, expires_at=T0 + 20)
+        await storage.set_sanction(shorter)
+        assert await storage.get_sanction("ban", "alice") == shorter
+
+        assert await storage.remove_sanction("ban", "aLiCe") is True
+        assert await storage.remove_sanction("ban", "alice") is False
+        assert await storage.get_sanction("ban", "alice") is None
+        assert await storage.get_sanction("mute", "alice") == mute  # the mute stays
+        assert await storage.remove_sanction("mute", "nobody") is False
+
+    @pytest_twisted.ensureDeferred
+    async def test_sanctions_are_listed_newest_first(self, storage: Storage) -> None:
+        assert await storage.list_sanctions("ban") == []
+        bans = [
+            Sanction("ban", "Bob", "b", "Mod", T0 + 2, T0 + 100),
+            Sanction("ban", "Carol", "c", "Mod", T0 + 3),
+            Sanction("ban", "Alice", "a", "Mod", T0 + 1, T0 + 5),  # expired: still listed
+        ]
+        for ban in bans:
+            await storage.set_sanction(ban)
+        mute = Sanction("mute", "Dave", "d", "Mod", T0 + 4)
+        await storage.set_sanction(mute)
+        assert await storage.list_sanctions("ban") == [bans[1], bans[0], bans[2]]
+        assert await storage.list_sanctions("mute") == [mute]
+        renewed = Sanction("ban", "alice", "renewed", "Admin", T0 + 9)
+        await storage.set_sanction(renewed)
+        assert await storage.list_sanctions("ban") == [renewed, bans[1], bans[0]]
+        await storage.remove_sanction("ban", "carol")
+        assert await storage.list_sanctions("ban") == [renewed, bans[0]]
+
+    @pytest_twisted.ensureDeferred
+    async def test_unknown_sanction_kind(self, storage: Storage) -> None:
+        assert set(SANCTION_KINDS) == {"ban", "mute"}
+        for kind in ("kick", "", "BAN"):
+            with pytest.raises(ValueError):
+                await storage.set_sanction(Sanction(kind, "Alice", "r", "Mod", T0))
+            with pytest.raises(ValueError):
+                await storage.get_sanction(kind, "alice")
+            with pytest.raises(ValueError):
+                await storage.remove_sanction(kind, "alice")
+            with pytest.raises(ValueError):
+                await storage.list_sanctions(kind)
+        assert await storage.list_sanctions("ban") == []
+
+    @for_each_backend(
+        kind=st.sampled_from(SANCTION_KINDS),
+        reason=texts,
+        by=texts,
+        created=times,
+        expires=st.none() | times,
+    )
+    async def test_any_sanction_round_trips(
+        self,
+        storage: Storage,
+        kind: str,
+        reason: str,
+        by: str,
+        created: float,
+        expires: float | None,
+    ) -> None:
+        sanction = Sanction(kind, unique("Sänctioned"), reason, by, created, expires)
+        await storage.set_sanction(sanction)
+        assert await storage.get_sanction(kind, sanction.username.upper()) == sanction
+        assert sanction in await storage.list_sanctions(kind)
 
     # -- profiles ---------------------------------------------------------------
 
@@ -422,6 +648,51 @@ class StorageContract:
         assert await storage.chat_since("nowhere", 0, 10) == []
 
     @pytest_twisted.ensureDeferred
+    async def test_get_and_delete_chat_message(self, storage: Storage) -> None:
+        first = await storage.append_chat_message(new_message("lobby", "first"))
+        target = await storage.append_chat_message(
+            new_message(
+                "lobby",
+                "hi @Bob https://example.com",
+                guest=True,
+                mentions=(Mention("Bob", 3),),
+                links=(LinkRef("https://example.com", True),),
+                reply_to=first.message_id,
+            )
+        )
+        last = await storage.append_chat_message(new_message("lobby", "last"))
+        elsewhere = await storage.append_chat_message(new_message("other", "x"))
+        assert await storage.get_chat_message(target.message_id) == target
+        assert await storage.get_chat_message(elsewhere.message_id) == elsewhere
+        assert await storage.get_chat_message("no-such-id") is None
+        assert await storage.delete_chat_message("no-such-id") is None
+        assert target.deleted is False
+
+        deleted = await storage.delete_chat_message(target.message_id)
+        # Same place, author, time, type and reply; text, mentions and links gone.
+        assert deleted == attrs.evolve(target, deleted=True, text="", mentions=(), links=())
+        assert await storage.get_chat_message(target.message_id) == deleted
+        assert await storage.delete_chat_message(target.message_id) == deleted  # twice
+        assert await storage.chat_history("lobby", None, 10) == [first, deleted, last]
+        assert await storage.chat_history("lobby", 3, 1) == [deleted]
+        assert await storage.chat_since("lobby", 1, 10) == [deleted, last]
+        assert await storage.last_seq("lobby") == 3
+        assert (await storage.append_chat_message(new_message("lobby"))).seq == 4
+        assert await storage.get_chat_message(first.message_id) == first
+        assert await storage.get_chat_message(elsewhere.message_id) == elsewhere
+
+        # A moderator's record of the deletion is an ordinary message.
+        record = await storage.append_chat_message(
+            new_message("lobby", "", message_type="deletion", reply_to=target.message_id)
+        )
+        assert await storage.get_chat_message(record.message_id) == record
+        assert (record.message_type, record.reply_to, record.seq) == (
+            "deletion",
+            target.message_id,
+            5,
+        )
+
+    @pytest_twisted.ensureDeferred
     async def test_message_fields_round_trip(self, storage: Storage) -> None:
         first = await storage.append_chat_message(new_message("lobby", "plain"))
         sent = await storage.append_chat_message(
@@ -454,6 +725,8 @@ class StorageContract:
         assert await storage.chat_since("lobby", 1, 10) == [sent]
         assert first.mentions == () and first.links == () and first.reply_to is None
         assert first.message_type == "user" and first.guest is False
+        assert first.deleted is False and sent.deleted is False
+        assert await storage.get_chat_message(sent.message_id) == sent
 
     @for_each_backend(
         room=texts,

@@ -7,7 +7,8 @@ Three layers:
   otherwise;
 - the same contract, offline, against ``FakeMongo``: an in-memory stand-in for
   the few txmongo calls the backend makes, with MongoDB's semantics for them
-  (unique indexes, upserts, ``$inc``, update pipelines, sort and limit), BSON
+  (unique indexes, upserts, ``$inc``, ``$exists``, update pipelines, sort, skip
+  and limit, counts, ``distinct``), BSON
   round-trips of every document, and a check that every call carries a
   timeout;
 - unit tests of what needs no server: URI parsing, write concern, index
@@ -49,6 +50,7 @@ from bambid.models import (
     LogRecord,
     Mention,
     Profile,
+    Sanction,
     Session,
     SocialLinks,
     UsageStats,
@@ -144,6 +146,10 @@ def matches(doc: dict[str, Any], query: dict[str, Any]) -> bool:
         value = field(doc, name)
         if isinstance(condition, dict) and condition and next(iter(condition)).startswith("$"):
             for op, operand in condition.items():
+                if op == "$exists":
+                    if (name in doc) != bool(operand):
+                        return False
+                    continue
                 if value is None:
                     return False
                 outcome = {
@@ -285,12 +291,34 @@ class FakeCollection:
     def find_one(self, filter: dict[str, Any], sort: Any = None, **kwargs: Any) -> Any:
         return self._reply("find_one", kwargs, lambda: self._first(filter, sort))
 
-    def find(self, filter: dict[str, Any], sort: Any = None, limit: int = 0, **kwargs: Any) -> Any:
+    def find(
+        self,
+        filter: dict[str, Any],
+        sort: Any = None,
+        skip: int = 0,
+        limit: int = 0,
+        **kwargs: Any,
+    ) -> Any:
         def find() -> list[dict[str, Any]]:
-            found = self._sorted([d for d in self.docs if matches(d, filter)], sort)
+            found = self._sorted([d for d in self.docs if matches(d, filter)], sort)[skip:]
             return found[:limit] if limit else found
 
         return self._reply("find", kwargs, find)
+
+    def count_documents(self, filter: dict[str, Any], **kwargs: Any) -> Any:
+        return self._reply(
+            "count_documents", kwargs, lambda: sum(1 for d in self.docs if matches(d, filter))
+        )
+
+    def distinct(self, key: str, filter: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        def distinct() -> list[Any]:
+            values: list[Any] = []
+            for doc in self.docs:
+                if matches(doc, filter or {}) and key in doc and doc[key] not in values:
+                    values.append(doc[key])
+            return values
+
+        return self._reply("distinct", kwargs, distinct)
 
     def update_one(self, filter: dict[str, Any], update: Any, **kwargs: Any) -> Any:
         def update_one() -> UpdateResult:
@@ -301,6 +329,15 @@ class FakeCollection:
             return UpdateResult({"n": 1, "nModified": 1}, True)
 
         return self._reply("update_one", kwargs, update_one)
+
+    def update_many(self, filter: dict[str, Any], update: Any, **kwargs: Any) -> Any:
+        def update_many() -> UpdateResult:
+            found = [d for d in self.docs if matches(d, filter)]
+            for doc in found:
+                self._store(self._apply(doc, update, inserting=False), doc)
+            return UpdateResult({"n": len(found), "nModified": len(found)}, True)
+
+        return self._reply("update_many", kwargs, update_many)
 
     def replace_one(
         self, filter: dict[str, Any], replacement: dict[str, Any], upsert: bool = False, **kw: Any
@@ -525,6 +562,41 @@ async def test_close_waits_for_operations_in_flight(fake: FakeMongo) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_open_backfills_session_keys(fake: FakeMongo) -> None:
+    """Sessions stored before they had a ``username_key`` (and ``guest``) are
+    found by ``list_sessions`` and ``delete_sessions`` after the next start."""
+    sessions = fake.collection("bambid", "sessions")
+    for token, name in (("t1", "Straße"), ("t2", "STRASSE"), ("t3", "Bob")):
+        sessions.docs.append(
+            as_bson(
+                {
+                    "_id": ObjectId(),
+                    "token_hash": token,
+                    "username": name,
+                    "created_at": mongo.to_datetime(T0 + len(sessions.docs)),
+                    "expires_at": mongo.to_datetime(T0 + 60),
+                }
+            )
+        )
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await storage.open()
+    try:
+        assert [d["username_key"] for d in sessions.docs] == ["strasse", "strasse", "bob"]
+        assert await storage.list_sessions("strasse") == [
+            Session("t1", "Straße", T0, T0 + 60),
+            Session("t2", "STRASSE", T0 + 1, T0 + 60),
+        ]
+        assert await storage.delete_sessions("bob") == 1
+    finally:
+        await storage.close()
+    fake.calls.clear()
+    again = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await again.open()  # nothing left to fill in: one distinct, no update
+    await again.close()
+    assert "sessions.distinct" in fake.calls and "sessions.update_many" not in fake.calls
+
+
+@pytest_twisted.ensureDeferred
 async def test_sequence_numbers_come_from_counters(fake: FakeMongo) -> None:
     storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
     await storage.open()
@@ -581,8 +653,9 @@ async def test_unreachable_server_fails_open_with_storage_error() -> None:
 
 
 class IndexesAlreadyThere:
-    """A real txmongo ``Database``, except that ``ensure_index`` answers at once:
-    lets a storage open without a server, so that each operation reaches txmongo."""
+    """A real txmongo ``Database``, except that ``ensure_index`` and the session
+    key backfill's ``distinct`` answer at once: lets a storage open without a
+    server, so that each operation reaches txmongo."""
 
     def __init__(self, database: Any) -> None:
         self.database = database
@@ -600,6 +673,9 @@ class _IndexesAlreadyThere:
 
     def ensure_index(self, *args: Any, **kwargs: Any) -> defer.Deferred[None]:
         return defer.succeed(None)
+
+    def distinct(self, *args: Any, **kwargs: Any) -> defer.Deferred[list[Any]]:
+        return defer.succeed([])
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.collection, name)
@@ -627,6 +703,16 @@ async def test_every_operation_reaches_txmongo_with_a_deadline() -> None:
         storage.get_session("t"),
         storage.delete_session("t"),
         storage.delete_expired_sessions(T0),
+        storage.list_sessions("a"),
+        storage.delete_sessions("a"),
+        storage.list_accounts(0, 10),
+        storage.list_accounts(5, 10, "a"),
+        storage.count_accounts(),
+        storage.count_accounts("a"),
+        storage.set_sanction(Sanction("ban", "A", "r", "M", T0)),
+        storage.remove_sanction("ban", "a"),
+        storage.get_sanction("mute", "a"),
+        storage.list_sanctions("ban"),
         storage.ensure_profile("A", T0),
         storage.get_profile("a"),
         storage.update_profile("a", {"bio": "x"}),
@@ -636,6 +722,8 @@ async def test_every_operation_reaches_txmongo_with_a_deadline() -> None:
         storage.chat_history("lobby", 5, 10),
         storage.chat_since("lobby", 0, 10),
         storage.last_seq("lobby"),
+        storage.get_chat_message("m"),
+        storage.delete_chat_message("m"),
         storage.save_conversation(Conversation("A", "t", T0, T0)),
         storage.get_conversation("a"),
         storage.record(UserInteraction("A", "x", T0)),
@@ -649,6 +737,38 @@ async def test_every_operation_reaches_txmongo_with_a_deadline() -> None:
         assert not ok, operation
         assert failure.check(StorageError), (operation, failure)
         assert "TimeExceeded" in str(failure.value), (operation, failure.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_key_backfill_reaches_txmongo_with_a_deadline() -> None:
+    """What ``open()`` runs besides ``ensure_index``, against the real txmongo."""
+    from txmongo.errors import TimeExceeded
+
+    config = StorageConfig(uri=f"mongodb://127.0.0.1:{refused_port()}/x", timeout=0.3)
+    pool, database = await mongo.connect_txmongo(MongoStorage(config).settings)
+    try:
+        with pytest.raises(TimeExceeded):
+            await mongo.backfill_session_keys(database, 0.3)
+
+        class OneName:
+            """``distinct`` answers with one name, so that ``update_many`` is sent."""
+
+            def __getitem__(self, name: str) -> Any:
+                collection = database[name]
+
+                class Sessions:
+                    def distinct(self, *args: Any, **kwargs: Any) -> defer.Deferred[list[str]]:
+                        return defer.succeed(["Alice"])
+
+                    def __getattr__(self, attribute: str) -> Any:
+                        return getattr(collection, attribute)
+
+                return Sessions()
+
+        with pytest.raises(TimeExceeded):
+            await mongo.backfill_session_keys(OneName(), 0.3)
+    finally:
+        await pool.disconnect()
 
 
 # --- offline units ----------------------------------------------------------------------
@@ -701,6 +821,7 @@ def test_index_specifications() -> None:
         ("accounts", (("username_key", 1),), True),
         ("sessions", (("token_hash", 1),), True),
         ("sessions", (("expires_at", 1),), False),
+        ("sessions", (("username_key", 1),), False),
         ("profiles", (("username_key", 1),), True),
         ("profiles", (("last_active", -1),), False),
         ("chat_messages", (("room", 1), ("seq", 1)), True),
@@ -709,6 +830,7 @@ def test_index_specifications() -> None:
         ("ai_interactions", (("timestamp", -1),), False),
         ("ai_interactions", (("username", 1),), False),
         ("conversations", (("owner_key", 1),), True),
+        ("sanctions", (("kind", 1), ("username_key", 1)), True),
     } | {
         (name, (("username_key", 1), ("timestamp", -1)), False)
         for name in (
@@ -768,7 +890,14 @@ def test_chat_message_documents(
     )
     doc = mongo.chat_message_to_document(message)
     assert isinstance(doc["timestamp"], dt.datetime)
+    assert doc["deleted"] is False
     assert mongo.chat_message_from_document(round_trip(doc)) == message
+    deleted = attrs.evolve(message, deleted=True, text="", mentions=(), links=())
+    marked = {**round_trip(doc), **mongo.chat_message_deletion()}
+    assert mongo.chat_message_from_document(round_trip(marked)) == deleted
+    old = round_trip(doc)
+    del old["deleted"]  # written before messages could be deleted
+    assert mongo.chat_message_from_document(old) == message
 
 
 @fast
@@ -864,6 +993,49 @@ def test_conversation_and_account_documents(
     assert mongo.account_from_document(round_trip(mongo.account_to_document(account))) == account
     session = Session("f" * 64, "Owner", when, (round(when * 1000) + 60_000) / 1000)
     assert mongo.session_from_document(round_trip(mongo.session_to_document(session))) == session
+    guest = attrs.evolve(session, username="Guest-Ü", guest=True)
+    doc = mongo.session_to_document(guest)
+    assert (doc["username_key"], doc["guest"]) == ("guest-ü", True)
+    assert mongo.session_from_document(round_trip(doc)) == guest
+    del doc["guest"], doc["username_key"]  # written before guest sessions
+    assert mongo.session_from_document(round_trip(doc)) == session.__class__(
+        "f" * 64, "Guest-Ü", session.created_at, session.expires_at
+    )
+
+
+@fast
+@given(
+    kind=st.sampled_from(["ban", "mute"]),
+    reason=texts,
+    by=texts,
+    created=times,
+    expires=st.none() | times,
+)
+def test_sanction_documents(
+    kind: str, reason: str, by: str, created: float, expires: float | None
+) -> None:
+    sanction = Sanction(kind, "ÜBER", reason, by, created, expires)
+    doc = mongo.sanction_to_document(sanction)
+    assert (doc["kind"], doc["username_key"]) == (kind, "über")
+    assert isinstance(doc["created_at"], dt.datetime)
+    assert (doc["expires_at"] is None) == (expires is None)
+    assert mongo.sanction_from_document(round_trip(doc)) == sanction
+
+
+def test_key_prefix_queries() -> None:
+    assert mongo.key_prefix_query("") == {}
+    assert mongo.key_prefix_query("Al") == {"username_key": {"$gte": "al", "$lt": "am"}}
+    assert mongo.key_prefix_query("STRAß") == {"username_key": {"$gte": "strass", "$lt": "strast"}}
+    # The last character cannot be bumped: bump the one before and drop it.
+    assert mongo.key_prefix_query("a\U0010ffff") == {
+        "username_key": {"$gte": "a\U0010ffff", "$lt": "b"}
+    }
+    # No successor at all: everything from the prefix on.
+    assert mongo.key_prefix_query("\U0010ffff") == {"username_key": {"$gte": "\U0010ffff"}}
+    # Surrogates are skipped: they are no characters of a UTF-8 string.
+    assert mongo.key_prefix_query("a\ud7ff") == {
+        "username_key": {"$gte": "a\ud7ff", "$lt": "a\ue000"}
+    }
 
 
 @fast

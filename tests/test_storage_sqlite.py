@@ -19,11 +19,17 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.interfaces import IReactorFromThreads
 
 from bambid.config import ConfigError, StorageConfig
-from bambid.models import Account, NewChatMessage
+from bambid.models import Account, ChatMessage, NewChatMessage, Sanction, Session
 from bambid.storage.factory import make_storage, sqlite_path
 from bambid.storage.interface import DuplicateError, StorageError
 from bambid.storage.mongo import MongoStorage
-from bambid.storage.sqlite import MIGRATIONS_DIR, SQLiteStorage, split_statements
+from bambid.storage.sqlite import (
+    MIGRATIONS_DIR,
+    SQLiteStorage,
+    load_migrations,
+    migrate,
+    split_statements,
+)
 from tests.storage_contract import T0, NewStorage, StorageContract, run
 
 BATCH_MAX = 64
@@ -309,6 +315,15 @@ async def test_close_while_opening(new_storage: NewStorage) -> None:
 
 # --- migrations ----------------------------------------------------------------------------
 
+#: The shipped migrations, and the schema version they lead to.
+SHIPPED = [m.name for m in load_migrations(MIGRATIONS_DIR)]
+LATEST = len(SHIPPED)
+
+
+def next_migration(name: str, step: int = 1) -> str:
+    """A migration file name (without .sql) numbered ``step`` after the shipped ones."""
+    return f"{LATEST + step:04d}_{name}"
+
 
 def migrations_dir(tmp_path: Path, **extra: str) -> Path:
     """The shipped migrations plus ``extra`` files (name without .sql → SQL)."""
@@ -331,14 +346,15 @@ async def open_and_close(path: Path, migrations: Path | None = None) -> list[str
 @pytest_twisted.ensureDeferred
 async def test_migrations_run_once_in_order(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
-    assert await open_and_close(path) == ["0001_initial.sql"]
-    assert pragma(path, "user_version") == 1
+    assert SHIPPED[:2] == ["0001_initial.sql", "0002_moderation.sql"]
+    assert await open_and_close(path) == SHIPPED
+    assert pragma(path, "user_version") == LATEST
     assert await open_and_close(path) == []  # reopening re-runs nothing
 
     directory = migrations_dir(
         tmp_path,
         **{
-            "0002_notes": """
+            next_migration("notes"): """
                 -- a comment; with a semicolon
                 CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
                 INSERT INTO notes (body) VALUES ('once; only');
@@ -348,9 +364,9 @@ async def test_migrations_run_once_in_order(tmp_path: Path) -> None:
             """
         },
     )
-    assert await open_and_close(path, directory) == ["0002_notes.sql"]
+    assert await open_and_close(path, directory) == [next_migration("notes") + ".sql"]
     assert await open_and_close(path, directory) == []
-    assert pragma(path, "user_version") == 2
+    assert pragma(path, "user_version") == LATEST + 1
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT body FROM notes").fetchall() == [("once; only",)]
     conn.close()
@@ -363,13 +379,14 @@ async def test_migrations_run_once_in_order(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_failed_migration_is_rolled_back(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
+    broken = next_migration("broken")
     directory = migrations_dir(
         tmp_path,
-        **{"0002_broken": "CREATE TABLE half (x);\nINSERT INTO missing VALUES (1);\n"},
+        **{broken: "CREATE TABLE half (x);\nINSERT INTO missing VALUES (1);\n"},
     )
-    with pytest.raises(StorageError, match="0002_broken"):
+    with pytest.raises(StorageError, match=broken):
         await open_and_close(path, directory)
-    assert pragma(path, "user_version") == 1  # 0001 committed, 0002 not at all
+    assert pragma(path, "user_version") == LATEST  # the shipped ones committed, it not at all
     conn = sqlite3.connect(path)
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()
@@ -378,8 +395,9 @@ async def test_failed_migration_is_rolled_back(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_migration_numbers_must_not_skip(tmp_path: Path) -> None:
-    directory = migrations_dir(tmp_path, **{"0003_later": "SELECT 1;"})
-    with pytest.raises(StorageError, match="0003_later"):
+    later = next_migration("later", step=2)
+    directory = migrations_dir(tmp_path, **{later: "SELECT 1;"})
+    with pytest.raises(StorageError, match=later):
         await open_and_close(tmp_path / "db.sqlite3", directory)
 
 
@@ -394,7 +412,105 @@ def test_split_statements() -> None:
 
 
 def test_shipped_migration_is_package_data() -> None:
-    assert [p.name for p in sorted(MIGRATIONS_DIR.glob("*.sql"))][0] == "0001_initial.sql"
+    assert [p.name for p in sorted(MIGRATIONS_DIR.glob("*.sql"))] == SHIPPED
+    assert SHIPPED[0] == "0001_initial.sql"
+
+
+def version_1_database(path: Path) -> None:
+    """A database as bambid left it before migration 0002 (schema version 1),
+    with an account, sessions, a profile and chat messages in it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(conn, load_migrations(MIGRATIONS_DIR)[:1])
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO accounts VALUES ('strasse', 'Straße', 'h', 'admin', ?)", (T0,))
+        conn.executemany(
+            "INSERT INTO sessions (token_hash, username, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?)",
+            [("t1", "Straße", T0, T0 + 60), ("t2", "STRASSE", T0 + 1, T0 + 60)],
+        )
+        conn.execute(
+            "INSERT INTO profiles (username_key, username, created_at, last_active, xp)"
+            " VALUES ('strasse', 'Straße', ?, ?, 12)",
+            (T0, T0),
+        )
+        conn.executemany(
+            "INSERT INTO chat_messages (message_id, room, seq, username, username_key, text,"
+            " timestamp, message_type, guest, mentions, links)"
+            " VALUES (?, 'lobby', ?, 'Straße', 'strasse', ?, ?, 'user', 0, ?, '[]')",
+            [
+                ("m1", 1, "one", T0, "[]"),
+                ("m2", 2, "two @Bob", T0 + 1, '[{"username":"Bob","index":4}]'),
+            ],
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_1_database_upgrades_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    version_1_database(path)
+    assert pragma(path, "user_version") == 1
+
+    storage = SQLiteStorage(path, reactor)
+    await storage.open()
+    try:
+        assert storage.applied_migrations == SHIPPED[1:]
+        assert await storage.get_account("STRASSE") == Account("Straße", "h", "admin", T0)
+        old_sessions = [
+            Session("t1", "Straße", T0, T0 + 60),
+            Session("t2", "STRASSE", T0 + 1, T0 + 60),
+        ]
+        assert await storage.get_session("t1") == old_sessions[0]  # guest: False
+        # The new key column was filled in with str.casefold, not SQL's lower().
+        assert await storage.list_sessions("strasse") == old_sessions
+        profile = await storage.get_profile("straße")
+        assert profile is not None and profile.xp == 12
+        one = ChatMessage("m1", "lobby", 1, "Straße", "one", T0)
+        assert await storage.get_chat_message("m1") == one  # deleted: False
+        deleted = await storage.delete_chat_message("m2")
+        assert deleted == ChatMessage("m2", "lobby", 2, "Straße", "", T0 + 1, deleted=True)
+        assert await storage.chat_history("lobby", None, 10) == [one, deleted]
+        assert (await storage.append_chat_message(message(3))).seq == 3
+        # The new table and columns work.
+        await storage.create_session(Session("t3", "strasse", T0 + 2, T0 + 60, guest=True))
+        ban = Sanction("ban", "Straße", "r", "Mod", T0)
+        await storage.set_sanction(ban)
+        assert await storage.list_sanctions("ban") == [ban]
+        assert await storage.delete_sessions("STRASSE") == 3
+    finally:
+        await storage.close()
+    assert pragma(path, "user_version") == LATEST
+    assert await open_and_close(path) == []
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"sessions_username", "sanctions"} <= indexes
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_and_upgraded_schemas_are_the_same(tmp_path: Path) -> None:
+    upgraded = tmp_path / "upgraded.sqlite3"
+    version_1_database(upgraded)
+    await open_and_close(upgraded)
+    fresh = tmp_path / "fresh.sqlite3"
+    await open_and_close(fresh)
+
+    def schema(path: Path) -> list[tuple[str, str]]:
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+            ).fetchall()
+        finally:
+            conn.close()
+
+    assert schema(upgraded) == schema(fresh)
 
 
 # --- the factory ---------------------------------------------------------------------------

@@ -17,6 +17,25 @@ from tests import wsclient
 from tests.conftest import Running
 
 
+async def greeted(url: str) -> wsclient.TestClientProtocol:
+    client = await wsclient.connect(url)
+    assert (await client.request({"type": "hello"}))["type"] == "welcome"
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_anything_before_hello_is_refused(running: Running) -> None:
+    async def noop(connection: Connection, message: Mapping[str, Any]) -> None:
+        connection.send("noop")
+
+    running.service.dispatcher.register("test.noop", noop)
+    client = await wsclient.connect(running.ws)
+    error = await client.request({"type": "test.noop", "id": 1})
+    assert (error["code"], error["id"]) == ("hello_required", 1)
+    client.sendClose()
+    await client.closed
+
+
 @pytest_twisted.ensureDeferred
 async def test_hello_is_answered_with_welcome(running: Running) -> None:
     client = await wsclient.connect(running.ws)
@@ -99,7 +118,7 @@ async def test_handler_failure_is_an_internal_error_frame(running: Running) -> N
         raise RuntimeError("secret detail")
 
     running.service.dispatcher.register("test.explode", explode)
-    client = await wsclient.connect(running.ws)
+    client = await greeted(running.ws)
     error = await client.request({"type": "test.explode", "id": 3})
     assert error == {
         "type": "error",
@@ -120,7 +139,7 @@ async def test_client_errors_carry_their_code(running: Running) -> None:
         raise ClientError("forbidden", "not for you")
 
     running.service.dispatcher.register("test.refuse", refuse)
-    client = await wsclient.connect(running.ws)
+    client = await greeted(running.ws)
     error = await client.request({"type": "test.refuse"})
     assert (error["code"], error["message"]) == ("forbidden", "not for you")
     client.sendClose()
@@ -140,7 +159,7 @@ async def test_handlers_run_in_order_per_connection(running: Running) -> None:
 
     running.service.dispatcher.register("test.slow", slow)
     running.service.dispatcher.register("test.fast", fast)
-    client = await wsclient.connect(running.ws)
+    client = await greeted(running.ws)
     client.send_json({"type": "test.slow"})
     client.send_json({"type": "test.fast"})
     # Give the server every chance to run "fast" early, then let "slow" finish.

@@ -32,6 +32,7 @@ from bambid.models import (
     LogRecord,
     NewChatMessage,
     Profile,
+    Sanction,
     Session,
 )
 
@@ -99,6 +100,42 @@ class Storage(abc.ABC):
     async def delete_expired_sessions(self, now: float) -> int:
         """Delete sessions with ``expires_at <= now``; return how many."""
 
+    @abc.abstractmethod
+    async def list_sessions(self, username: str) -> list[Session]:
+        """Every stored session (guest or not, expired or not) whose username
+        matches case-insensitively, oldest first."""
+
+    @abc.abstractmethod
+    async def delete_sessions(self, username: str) -> int:
+        """Delete every session of ``username`` (logout everywhere); how many."""
+
+    @abc.abstractmethod
+    async def list_accounts(self, offset: int, limit: int, prefix: str = "") -> list[Account]:
+        """Accounts ordered by username key, optionally only those whose key
+        starts with ``username_key(prefix)``; paged by offset and limit."""
+
+    @abc.abstractmethod
+    async def count_accounts(self, prefix: str = "") -> int:
+        """How many accounts ``list_accounts`` would page through."""
+
+    # -- moderation -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def set_sanction(self, sanction: Sanction) -> None:
+        """Store a ban or mute, replacing any of the same kind for that user."""
+
+    @abc.abstractmethod
+    async def remove_sanction(self, kind: str, username: str) -> bool:
+        """Lift a ban or mute; False if there was none."""
+
+    @abc.abstractmethod
+    async def get_sanction(self, kind: str, username: str) -> Sanction | None:
+        """The stored sanction of ``kind`` for ``username``, expired or not."""
+
+    @abc.abstractmethod
+    async def list_sanctions(self, kind: str) -> list[Sanction]:
+        """Every stored sanction of ``kind``, newest first, expired ones included."""
+
     # -- profiles -------------------------------------------------------------
 
     @abc.abstractmethod
@@ -138,6 +175,16 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def chat_since(self, room: str, after_seq: int, limit: int) -> list[ChatMessage]:
         """Up to ``limit`` messages of ``room`` with ``seq > after_seq``, oldest first."""
+
+    @abc.abstractmethod
+    async def get_chat_message(self, message_id: str) -> ChatMessage | None:
+        """The message with this id (deleted or not), or None."""
+
+    @abc.abstractmethod
+    async def delete_chat_message(self, message_id: str) -> ChatMessage | None:
+        """Mark a message deleted: ``deleted`` set, text emptied, mentions and
+        links cleared, seq kept. Returns the updated message, None if there is
+        no such message. Deleting twice returns the already-deleted message."""
 
     @abc.abstractmethod
     async def last_seq(self, room: str) -> int:

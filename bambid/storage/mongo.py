@@ -16,6 +16,10 @@ of daemons, get distinct numbers. Without multi-document transactions, a
 message whose insert fails after its number was taken leaves that number
 unused: a gap in the room that ``chat_history`` readers must tolerate.
 
+Sessions written before sessions carried a ``username_key`` get one at
+``open()`` (``backfill_session_keys``), so that listing and deleting a user's
+sessions finds them too.
+
 txmongo is imported only when a connection is made: importing it installs
 Twisted's global reactor, which a library module must not do on import. Its
 connection pool runs on that global reactor.
@@ -41,6 +45,7 @@ from twisted.internet.defer import Deferred
 from bambid.config import ConfigError, StorageConfig
 from bambid.models import (
     PROFILE_UPDATABLE,
+    SANCTION_KINDS,
     Account,
     AIInteraction,
     AudioInteraction,
@@ -53,6 +58,7 @@ from bambid.models import (
     Mention,
     NewChatMessage,
     Profile,
+    Sanction,
     Session,
     SocialLinks,
     UsageStats,
@@ -91,6 +97,7 @@ PROFILES = "profiles"
 CHAT_MESSAGES = "chat_messages"
 COUNTERS = "counters"
 CONVERSATIONS = "conversations"
+SANCTIONS = "sanctions"
 
 
 # --- configuration -------------------------------------------------------------
@@ -191,6 +198,7 @@ INDEXES: tuple[IndexSpec, ...] = (
     IndexSpec(ACCOUNTS, (("username_key", 1),), unique=True),
     IndexSpec(SESSIONS, (("token_hash", 1),), unique=True),
     IndexSpec(SESSIONS, (("expires_at", 1),)),
+    IndexSpec(SESSIONS, (("username_key", 1),)),
     IndexSpec(PROFILES, (("username_key", 1),), unique=True),
     IndexSpec(PROFILES, (("last_active", -1),)),
     IndexSpec(CHAT_MESSAGES, (("room", 1), ("seq", 1)), unique=True),
@@ -200,6 +208,7 @@ INDEXES: tuple[IndexSpec, ...] = (
     IndexSpec(AIInteraction.collection, (("username", 1),)),
     *(IndexSpec(name, (("username_key", 1), ("timestamp", -1))) for name in LOG_COLLECTIONS),
     IndexSpec(CONVERSATIONS, (("owner_key", 1),), unique=True),
+    IndexSpec(SANCTIONS, (("kind", 1), ("username_key", 1)), unique=True),
 )
 
 
@@ -248,8 +257,10 @@ def session_to_document(session: Session) -> Document:
     return {
         "token_hash": session.token_hash,
         "username": session.username,
+        "username_key": username_key(session.username),
         "created_at": to_datetime(session.created_at),
         "expires_at": to_datetime(session.expires_at),
+        "guest": session.guest,
     }
 
 
@@ -259,6 +270,31 @@ def session_from_document(doc: Mapping[str, Any]) -> Session:
         username=doc["username"],
         created_at=from_datetime(doc["created_at"]),
         expires_at=from_datetime(doc["expires_at"]),
+        guest=bool(doc.get("guest", False)),
+    )
+
+
+def sanction_to_document(sanction: Sanction) -> Document:
+    return {
+        "kind": sanction.kind,
+        "username": sanction.username,
+        "username_key": username_key(sanction.username),
+        "reason": sanction.reason,
+        "by": sanction.by,
+        "created_at": to_datetime(sanction.created_at),
+        "expires_at": None if sanction.expires_at is None else to_datetime(sanction.expires_at),
+    }
+
+
+def sanction_from_document(doc: Mapping[str, Any]) -> Sanction:
+    expires_at = doc.get("expires_at")
+    return Sanction(
+        kind=doc["kind"],
+        username=doc["username"],
+        reason=doc.get("reason", ""),
+        by=doc.get("by", ""),
+        created_at=from_datetime(doc["created_at"]),
+        expires_at=None if expires_at is None else from_datetime(expires_at),
     )
 
 
@@ -385,7 +421,14 @@ def chat_message_to_document(message: ChatMessage) -> Document:
         "mentions": [{"username": m.username, "index": m.index} for m in message.mentions],
         "links": [{"url": link.url, "is_clean": link.is_clean} for link in message.links],
         "reply_to": message.reply_to,
+        "deleted": message.deleted,
     }
+
+
+def chat_message_deletion() -> Document:
+    """The ``$set`` that marks a chat message deleted: seq, room, author and
+    ``reply_to`` stay; text, mentions and links go."""
+    return {"deleted": True, "text": "", "mentions": [], "links": []}
 
 
 def chat_message_from_document(doc: Mapping[str, Any]) -> ChatMessage:
@@ -405,6 +448,7 @@ def chat_message_from_document(doc: Mapping[str, Any]) -> ChatMessage:
             LinkRef(url=x["url"], is_clean=bool(x["is_clean"])) for x in doc.get("links", ())
         ),
         reply_to=doc.get("reply_to"),
+        deleted=bool(doc.get("deleted", False)),
     )
 
 
@@ -616,6 +660,32 @@ async def connect_txmongo(settings: MongoSettings) -> tuple[Any, Any]:
     return pool, database
 
 
+def key_prefix_query(prefix: str) -> Document:
+    """The query for documents whose ``username_key`` starts with
+    ``username_key(prefix)``: a range on the index. MongoDB orders strings by
+    their UTF-8 bytes, that is by code point, so every key with the prefix ``p``
+    lies in ``[p, successor)``, where the successor bumps the last character of
+    ``p`` that can be bumped (skipping surrogates) and drops what follows."""
+    key = username_key(prefix)
+    if not key:
+        return {}
+    bounds: Document = {"$gte": key}
+    chars = list(key)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            bounds["$lt"] = "".join(chars) + chr(code)
+            break
+    return {"username_key": bounds}
+
+
+def _check_sanction_kind(kind: str) -> None:
+    if kind not in SANCTION_KINDS:
+        raise ValueError(f"unknown sanction kind {kind!r}; expected one of {SANCTION_KINDS}")
+
+
 def _sort(keys: tuple[tuple[str, int], ...]) -> Any:
     from txmongo import filter as qf
 
@@ -677,6 +747,8 @@ class MongoStorage(Storage):
                     await self._db[spec.collection].ensure_index(
                         _sort(spec.keys), timeout=self._timeout, **options
                     )
+            with _driver_errors("backfill session keys"):
+                await backfill_session_keys(self._db, self._timeout)
         except BaseException:
             await self._disconnect()
             self._state = "closed"
@@ -736,8 +808,12 @@ class MongoStorage(Storage):
         query: Document,
         sort: tuple[tuple[str, int], ...],
         limit: int,
+        skip: int = 0,
     ) -> list[Document]:
-        cursor = db[collection].find(query, sort=_sort(sort), limit=limit, timeout=self._timeout)
+        """Documents matching ``query`` in ``sort`` order; ``limit`` 0 is all."""
+        cursor = db[collection].find(
+            query, sort=_sort(sort), skip=skip, limit=limit, timeout=self._timeout
+        )
         # A txmongo Cursor used as a Deferred fires with every document found.
         docs: list[Document] = await cursor.addCallback(list)
         return docs
@@ -790,6 +866,74 @@ class MongoStorage(Storage):
                 {"expires_at": {"$lte": to_datetime(now)}}, timeout=self._timeout
             )
         return int(result.deleted_count)
+
+    async def list_sessions(self, username: str) -> list[Session]:
+        query: Document = {"username_key": username_key(username)}
+        with self._operation("list sessions") as db:
+            docs = await self._find(db, SESSIONS, query, (("created_at", 1), ("token_hash", 1)), 0)
+        return [session_from_document(doc) for doc in docs]
+
+    async def delete_sessions(self, username: str) -> int:
+        with self._operation("delete sessions") as db:
+            result = await db[SESSIONS].delete_many(
+                {"username_key": username_key(username)}, timeout=self._timeout
+            )
+        return int(result.deleted_count)
+
+    async def list_accounts(self, offset: int, limit: int, prefix: str = "") -> list[Account]:
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, got {offset}")
+        if limit <= 0:
+            return []
+        query = key_prefix_query(prefix)
+        with self._operation("list accounts") as db:
+            docs = await self._find(db, ACCOUNTS, query, (("username_key", 1),), limit, offset)
+        return [account_from_document(doc) for doc in docs]
+
+    async def count_accounts(self, prefix: str = "") -> int:
+        query = key_prefix_query(prefix)
+        with self._operation("count accounts") as db:
+            count = await db[ACCOUNTS].count_documents(query, timeout=self._timeout)
+        return int(count)
+
+    # -- moderation --------------------------------------------------------------------
+
+    async def set_sanction(self, sanction: Sanction) -> None:
+        _check_sanction_kind(sanction.kind)
+        doc = sanction_to_document(sanction)
+        query = {"kind": doc["kind"], "username_key": doc["username_key"]}
+        with self._operation("set sanction") as db:
+            for attempt in (1, 2):
+                try:
+                    await db[SANCTIONS].replace_one(query, doc, upsert=True, timeout=self._timeout)
+                    break
+                except DuplicateKeyError:
+                    if attempt == 2:  # a concurrent first sanction won; replace it now
+                        raise
+
+    async def remove_sanction(self, kind: str, username: str) -> bool:
+        _check_sanction_kind(kind)
+        with self._operation("remove sanction") as db:
+            result = await db[SANCTIONS].delete_one(
+                {"kind": kind, "username_key": username_key(username)}, timeout=self._timeout
+            )
+        return int(result.deleted_count) > 0
+
+    async def get_sanction(self, kind: str, username: str) -> Sanction | None:
+        _check_sanction_kind(kind)
+        with self._operation("get sanction") as db:
+            doc = await db[SANCTIONS].find_one(
+                {"kind": kind, "username_key": username_key(username)}, timeout=self._timeout
+            )
+        return sanction_from_document(doc) if doc else None
+
+    async def list_sanctions(self, kind: str) -> list[Sanction]:
+        _check_sanction_kind(kind)
+        with self._operation("list sanctions") as db:
+            docs = await self._find(
+                db, SANCTIONS, {"kind": kind}, (("created_at", -1), ("username_key", 1)), 0
+            )
+        return [sanction_from_document(doc) for doc in docs]
 
     # -- profiles ---------------------------------------------------------------------
 
@@ -906,6 +1050,21 @@ class MongoStorage(Storage):
             docs = await self._find(db, CHAT_MESSAGES, query, (("seq", 1),), limit)
         return [chat_message_from_document(doc) for doc in docs]
 
+    async def get_chat_message(self, message_id: str) -> ChatMessage | None:
+        with self._operation("get chat message") as db:
+            doc = await db[CHAT_MESSAGES].find_one({"_id": message_id}, timeout=self._timeout)
+        return chat_message_from_document(doc) if doc else None
+
+    async def delete_chat_message(self, message_id: str) -> ChatMessage | None:
+        with self._operation("delete chat message") as db:
+            doc = await db[CHAT_MESSAGES].find_one_and_update(
+                {"_id": message_id},
+                {"$set": chat_message_deletion()},
+                return_document=ReturnDocument.AFTER,
+                timeout=self._timeout,
+            )
+        return chat_message_from_document(doc) if doc else None
+
     async def last_seq(self, room: str) -> int:
         with self._operation("last seq") as db:
             doc = await db[CHAT_MESSAGES].find_one(
@@ -952,6 +1111,22 @@ class MongoStorage(Storage):
                 db, kind.collection, query, (("timestamp", -1), ("_id", -1)), limit
             )
         return [cast(R, codec.from_document(doc)) for doc in docs]
+
+
+async def backfill_session_keys(db: Any, timeout: float) -> int:
+    """Give every session stored without a ``username_key`` (written before
+    sessions had one) its key; return how many usernames needed it. Idempotent:
+    one ``distinct`` when there is nothing to do. MongoDB cannot casefold, so
+    each username is folded here and set with one ``update_many``."""
+    missing: Document = {"username_key": {"$exists": False}}
+    names = await db[SESSIONS].distinct("username", missing, timeout=timeout)
+    for name in names or ():
+        await db[SESSIONS].update_many(
+            {"username": name, **missing},
+            {"$set": {"username_key": username_key(name)}},
+            timeout=timeout,
+        )
+    return len(names or ())
 
 
 @contextlib.contextmanager

@@ -21,6 +21,8 @@ acknowledged.
 
 Schema migrations are the numbered files ``migrations/NNNN_name.sql``, applied in
 order, each in one transaction together with ``PRAGMA user_version = NNNN``.
+Migrations may call ``bambid_username_key(text)`` (``models.username_key``) to
+fill in key columns of existing rows.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from twisted.python.failure import Failure
 
 from bambid.models import (
     PROFILE_UPDATABLE,
+    SANCTION_KINDS,
     Account,
     AIInteraction,
     AudioInteraction,
@@ -55,6 +58,7 @@ from bambid.models import (
     Mention,
     NewChatMessage,
     Profile,
+    Sanction,
     Session,
     SocialLinks,
     UsageStats,
@@ -126,6 +130,11 @@ def split_statements(sql: str) -> list[str]:
     return statements
 
 
+def _sql_username_key(value: Any) -> Any:
+    """``bambid_username_key()`` for SQL: non-text values pass unchanged."""
+    return username_key(value) if isinstance(value, str) else value
+
+
 def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
@@ -134,7 +143,11 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration]) -> list[str]:
     """Apply the migrations newer than the database's ``user_version``, each in
     its own ``BEGIN IMMEDIATE`` transaction; return the names applied. Raises
     ``StorageError`` if the database is newer than the newest migration or a
-    migration fails (that migration is rolled back entirely)."""
+    migration fails (that migration is rolled back entirely).
+
+    Registers ``bambid_username_key(text)`` on ``conn`` for the migrations: SQL's
+    ``lower()`` folds ASCII only, ``models.username_key`` is ``str.casefold``."""
+    conn.create_function("bambid_username_key", 1, _sql_username_key, deterministic=True)
     latest = migrations[-1].version if migrations else 0
     current = _user_version(conn)
     if current > latest:
@@ -311,6 +324,18 @@ def _session_from_row(row: sqlite3.Row) -> Session:
         username=row["username"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        guest=bool(row["guest"]),
+    )
+
+
+def _sanction_from_row(row: sqlite3.Row) -> Sanction:
+    return Sanction(
+        kind=row["kind"],
+        username=row["username"],
+        reason=row["reason"],
+        by=row["by_username"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
     )
 
 
@@ -345,6 +370,7 @@ def _chat_from_row(row: sqlite3.Row) -> ChatMessage:
         mentions=_mentions_from_json(row["mentions"]),
         links=_links_from_json(row["links"]),
         reply_to=row["reply_to"],
+        deleted=bool(row["deleted"]),
     )
 
 
@@ -499,6 +525,29 @@ def _log_table(kind: type[Any]) -> _LogTable:
         return _LOG_TABLES[kind]
     except KeyError:
         raise ValueError(f"not a log record class: {kind!r}") from None
+
+
+# --- argument checks ---------------------------------------------------------------
+
+
+def _check_sanction_kind(kind: str) -> None:
+    if kind not in SANCTION_KINDS:
+        raise ValueError(f"unknown sanction kind {kind!r}; expected one of {SANCTION_KINDS}")
+
+
+def _check_offset(offset: int) -> None:
+    if offset < 0:
+        raise ValueError(f"offset must not be negative, got {offset}")
+
+
+def _key_prefix(prefix: str) -> tuple[str, tuple[Any, ...]]:
+    """The ``WHERE`` clause (and its parameters) for accounts whose username key
+    starts with ``username_key(prefix)``: a range on the key's index, then an
+    exact test (``substr`` and ``length`` count characters, as Python does)."""
+    key = username_key(prefix)
+    if not key:
+        return "", ()
+    return " WHERE username_key >= ? AND substr(username_key, 1, ?) = ?", (key, len(key), key)
 
 
 # --- profile updates ---------------------------------------------------------------
@@ -802,9 +851,17 @@ class SQLiteStorage(Storage):
     async def create_session(self, session: Session) -> None:
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO sessions (token_hash, username, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?)",
-                (session.token_hash, session.username, session.created_at, session.expires_at),
+                "INSERT INTO sessions"
+                " (token_hash, username, username_key, created_at, expires_at, guest)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session.token_hash,
+                    session.username,
+                    username_key(session.username),
+                    session.created_at,
+                    session.expires_at,
+                    int(session.guest),
+                ),
             )
 
         await self._submit(insert, True)
@@ -829,6 +886,109 @@ class SQLiteStorage(Storage):
             return conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
 
         return await self._submit(delete, True)
+
+    async def list_sessions(self, username: str) -> list[Session]:
+        def select(conn: sqlite3.Connection) -> list[Session]:
+            rows = conn.execute(
+                "SELECT * FROM sessions WHERE username_key = ? ORDER BY created_at, token_hash",
+                (username_key(username),),
+            ).fetchall()
+            return [_session_from_row(row) for row in rows]
+
+        return await self._submit(select, False)
+
+    async def delete_sessions(self, username: str) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM sessions WHERE username_key = ?", (username_key(username),)
+            ).rowcount
+
+        return await self._submit(delete, True)
+
+    async def list_accounts(self, offset: int, limit: int, prefix: str = "") -> list[Account]:
+        _check_offset(offset)
+        if limit <= 0:
+            return []
+        where, params = _key_prefix(prefix)
+
+        def select(conn: sqlite3.Connection) -> list[Account]:
+            rows = conn.execute(
+                f"SELECT * FROM accounts{where} ORDER BY username_key LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            ).fetchall()
+            return [_account_from_row(row) for row in rows]
+
+        return await self._submit(select, False)
+
+    async def count_accounts(self, prefix: str = "") -> int:
+        where, params = _key_prefix(prefix)
+
+        def select(conn: sqlite3.Connection) -> int:
+            (count,) = conn.execute(f"SELECT COUNT(*) FROM accounts{where}", params).fetchone()
+            return int(count)
+
+        return await self._submit(select, False)
+
+    # -- moderation -------------------------------------------------------------------
+
+    async def set_sanction(self, sanction: Sanction) -> None:
+        _check_sanction_kind(sanction.kind)
+
+        def upsert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO sanctions (kind, username, username_key, reason, by_username,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, username_key) DO UPDATE SET username = excluded.username,"
+                " reason = excluded.reason, by_username = excluded.by_username,"
+                " created_at = excluded.created_at, expires_at = excluded.expires_at",
+                (
+                    sanction.kind,
+                    sanction.username,
+                    username_key(sanction.username),
+                    sanction.reason,
+                    sanction.by,
+                    sanction.created_at,
+                    sanction.expires_at,
+                ),
+            )
+
+        await self._submit(upsert, True)
+
+    async def remove_sanction(self, kind: str, username: str) -> bool:
+        _check_sanction_kind(kind)
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM sanctions WHERE kind = ? AND username_key = ?",
+                (kind, username_key(username)),
+            )
+            return cursor.rowcount > 0
+
+        return await self._submit(delete, True)
+
+    async def get_sanction(self, kind: str, username: str) -> Sanction | None:
+        _check_sanction_kind(kind)
+
+        def select(conn: sqlite3.Connection) -> Sanction | None:
+            row = conn.execute(
+                "SELECT * FROM sanctions WHERE kind = ? AND username_key = ?",
+                (kind, username_key(username)),
+            ).fetchone()
+            return _sanction_from_row(row) if row else None
+
+        return await self._submit(select, False)
+
+    async def list_sanctions(self, kind: str) -> list[Sanction]:
+        _check_sanction_kind(kind)
+
+        def select(conn: sqlite3.Connection) -> list[Sanction]:
+            rows = conn.execute(
+                "SELECT * FROM sanctions WHERE kind = ? ORDER BY created_at DESC, username_key",
+                (kind,),
+            ).fetchall()
+            return [_sanction_from_row(row) for row in rows]
+
+        return await self._submit(select, False)
 
     # -- profiles ---------------------------------------------------------------------
 
@@ -986,6 +1146,29 @@ class SQLiteStorage(Storage):
             return [_chat_from_row(row) for row in rows]
 
         return await self._submit(select, False)
+
+    async def get_chat_message(self, message_id: str) -> ChatMessage | None:
+        def select(conn: sqlite3.Connection) -> ChatMessage | None:
+            row = conn.execute(
+                "SELECT * FROM chat_messages WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            return _chat_from_row(row) if row else None
+
+        return await self._submit(select, False)
+
+    async def delete_chat_message(self, message_id: str) -> ChatMessage | None:
+        def update(conn: sqlite3.Connection) -> ChatMessage | None:
+            conn.execute(
+                "UPDATE chat_messages SET deleted = 1, text = '', mentions = '[]', links = '[]'"
+                " WHERE message_id = ?",
+                (message_id,),
+            )
+            row = conn.execute(
+                "SELECT * FROM chat_messages WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            return _chat_from_row(row) if row else None
+
+        return await self._submit(update, True)
 
     async def last_seq(self, room: str) -> int:
         def select(conn: sqlite3.Connection) -> int:

@@ -12,24 +12,48 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from bambid.identity import Identity
+
 
 class ClientError(Exception):
-    """A request the server refuses; becomes ``{"type":"error","code":..}``."""
+    """A request the server refuses; becomes ``{"type":"error","code":..}``
+    with ``extra`` fields added (e.g. ``retry_after``, ``until``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.extra = extra
 
 
 class Connection(Protocol):
-    """What a handler may do with the connection that sent the message."""
+    """What a handler may do with the connection that sent the message.
+
+    ``session_token`` is the raw session cookie sent with the handshake (None
+    without one); ``identity`` is who the ``hello`` handler found it belongs to
+    (None: anonymous); ``greeted`` is set once ``welcome`` was sent;
+    ``peer_address`` is the client's IP address as seen by the server.
+    """
 
     connection_id: str
+    session_token: str | None
+    peer_address: str
+    identity: Identity | None
+    greeted: bool
 
     def send(self, type: str, **fields: Any) -> None: ...
 
+    def send_prepared(self, message: PreparedFrame) -> None: ...
+
     def close(self, code: int, reason: str) -> None: ...
+
+
+class PreparedFrame(Protocol):
+    """A frame serialised once and sent to many connections; made by
+    ``BambidWebSocketFactory.prepare``. ``size`` is the payload length."""
+
+    @property
+    def size(self) -> int: ...
 
 
 Handler = Callable[[Connection, Mapping[str, Any]], Awaitable[None]]
@@ -40,11 +64,16 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._before_hello: set[str] = set()
 
-    def register(self, type: str, handler: Handler) -> None:
+    def register(self, type: str, handler: Handler, before_hello: bool = False) -> None:
+        """Route ``type`` to ``handler``. Only ``before_hello`` types are
+        accepted before the connection has been greeted."""
         if type in self._handlers:
             raise ValueError(f"handler for {type!r} already registered")
         self._handlers[type] = handler
+        if before_hello:
+            self._before_hello.add(type)
 
     def types(self) -> list[str]:
         return sorted(self._handlers)
@@ -54,4 +83,6 @@ class Dispatcher:
         handler = self._handlers.get(message["type"])
         if handler is None:
             raise ClientError("bad_request", f"unknown message type {message['type']!r}")
+        if not connection.greeted and message["type"] not in self._before_hello:
+            raise ClientError("hello_required", "send hello first")
         await handler(connection, message)

@@ -12,18 +12,28 @@ and the connection stays open:
   only.
 The ``id`` of the request, when it had one, is echoed on its error.
 
-Limits (from ``[server]``): messages over ``max_message_size`` bytes close the
-connection with 1009; ``Origin`` must be allowed (see ``OriginPolicy``) or the
-handshake is refused with 403; pings every ``ping_interval`` seconds, closing a
-peer silent for ``ping_timeout``. On shutdown every connection is closed with
-1001.
+Limits (from ``[server]`` and ``[limits]``): messages over
+``max_message_size`` bytes close the connection with 1009; ``Origin`` must be
+allowed (see ``OriginPolicy``) or the handshake is refused with 403; pings
+every ``ping_interval`` seconds, closing a peer silent for ``ping_timeout``;
+each connection has a token bucket (``connection_burst``,
+``connection_per_second``): a request over it is answered
+``{"code":"rate_limited","retry_after":s}`` and not run, and a connection that
+keeps hammering (``abuse_strikes`` refusals in a row) is closed with 1008. A
+client that does not read what we send is closed with 1008 once
+``send_buffer_bytes`` have piled up beyond the kernel and Twisted buffers. On
+shutdown every connection is closed with 1001.
+
+The session cookie (``bambid_session``) is read at the handshake into
+``session_token``; the ``hello`` handler turns it into ``identity``.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,14 +41,61 @@ import attrs
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from bambid.config import ServerConfig
+from bambid.auth.sessions import SESSION_COOKIE
+from bambid.config import LimitsConfig, ServerConfig
+from bambid.identity import Identity
 from bambid.jsonutil import dumps
-from bambid.ws.dispatch import ClientError, Dispatcher
+from bambid.ratelimit import KeyedLimiter
+from bambid.ws.dispatch import ClientError, Dispatcher, PreparedFrame
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
 MAX_PENDING_PER_CONNECTION = 64
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    if not header:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return None
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+@attrs.frozen
+class _Prepared:
+    """autobahn's PreparedMessage with its payload size (a ``PreparedFrame``)."""
+
+    message: Any
+    size: int
+
+
+@implementer(IPushProducer)
+class _SendBufferGuard:
+    """Registered as the transport's producer: Twisted pauses it when its
+    write buffer is full and resumes it once drained. While paused, the
+    protocol counts what it still queues; past the cap the peer is too slow."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.queued_while_paused = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.queued_while_paused = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
 
 
 @attrs.frozen
@@ -90,8 +147,14 @@ class BambidServerProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.connection_id = secrets.token_hex(8)
+        self.session_token: str | None = None
+        self.peer_address = ""
+        self.identity: Identity | None = None
+        self.greeted = False
         self._tail: Deferred[None] = succeed(None)
         self._pending = 0
+        self._strikes = 0
+        self._guard = _SendBufferGuard()
 
     # -- autobahn hooks -------------------------------------------------------
 
@@ -105,12 +168,27 @@ class BambidServerProtocol(WebSocketServerProtocol):
                 host=host,
             )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        self.session_token = _cookie(request.headers.get("cookie"), SESSION_COOKIE)
+        # request.peer is "tcp4:1.2.3.4:5678"; the address is what limits key on.
+        _, _, address_port = request.peer.partition(":")
+        self.peer_address = address_port.rpartition(":")[0].strip("[]")
 
     def onOpen(self) -> None:
         self.factory.connections.add(self)
+        transport: Any = self.transport
+        # twisted.web's HTTPChannel was the transport's producer; the WebSocket
+        # has taken the transport over, so the flow-control guard replaces it.
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(self._guard, True)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.connections.discard(self)
+        for listener in self.factory.close_listeners:
+            try:
+                listener(self)
+            except Exception:
+                self._log.failure("close listener failed")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
@@ -121,6 +199,20 @@ class BambidServerProtocol(WebSocketServerProtocol):
         if self._pending >= MAX_PENDING_PER_CONNECTION:
             self._send_error("busy", "too many requests in flight", message.get("id"))
             return
+        retry_after = self.factory.connection_limiter.take(self.connection_id)
+        if retry_after:
+            self._strikes += 1
+            if self._strikes >= self.factory.limits.abuse_strikes:
+                self.close(CLOSE_POLICY, "too many requests")
+                return
+            self._send_error(
+                "rate_limited",
+                "slow down",
+                message.get("id"),
+                retry_after=round(retry_after, 3),
+            )
+            return
+        self._strikes = 0
         self._pending += 1
         self._tail.addCallback(lambda _: self._run(message))
 
@@ -130,7 +222,29 @@ class BambidServerProtocol(WebSocketServerProtocol):
         """Send one frame ``{"type": type, **fields}``; a no-op once closed."""
         if self.state != self.STATE_OPEN:
             return
-        self.sendMessage(dumps({"type": type, **fields}).encode("utf-8"), isBinary=False)
+        payload = dumps({"type": type, **fields}).encode("utf-8")
+        if self._may_queue(len(payload)):
+            self.sendMessage(payload, isBinary=False)
+
+    def send_prepared(self, message: PreparedFrame) -> None:
+        """Send a frame prepared once for many connections (broadcasts)."""
+        if self.state != self.STATE_OPEN:
+            return
+        assert isinstance(message, _Prepared)
+        if self._may_queue(message.size):
+            self.sendPreparedMessage(message.message)
+
+    def _may_queue(self, size: int) -> bool:
+        if not self._guard.paused:
+            return True
+        self._guard.queued_while_paused += size
+        if self._guard.queued_while_paused <= self.factory.limits.send_buffer_bytes:
+            return True
+        self._log.info(
+            "closing {connection}: peer does not read fast enough", connection=self.connection_id
+        )
+        self.close(CLOSE_POLICY, "too slow: messages piled up unread")
+        return False
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with any code, server codes (1001,
@@ -169,15 +283,17 @@ class BambidServerProtocol(WebSocketServerProtocol):
     def _report(self, failure: Any, message: dict[str, Any]) -> None:
         error = failure.value
         if isinstance(error, ClientError):
-            self._send_error(error.code, error.message, message.get("id"))
+            self._send_error(error.code, error.message, message.get("id"), **error.extra)
             return
         self._log.failure(
             "handler for {type!r} failed", failure, type=message.get("type"), id=message.get("id")
         )
         self._send_error("internal", "internal server error", message.get("id"))
 
-    def _send_error(self, code: str, text: str, correlation: str | int | None) -> None:
-        fields: dict[str, Any] = {"code": code, "message": text}
+    def _send_error(
+        self, code: str, text: str, correlation: str | int | None, **extra: Any
+    ) -> None:
+        fields: dict[str, Any] = {"code": code, "message": text, **extra}
         if correlation is not None:
             fields["id"] = correlation
         self.send("error", **fields)
@@ -188,11 +304,19 @@ class BambidWebSocketFactory(WebSocketServerFactory):
 
     protocol = BambidServerProtocol  # type: ignore[assignment]  # twisted types it as a generic factory callable
 
-    def __init__(self, server: ServerConfig, dispatcher: Dispatcher, reactor: Any) -> None:
+    def __init__(
+        self, server: ServerConfig, limits: LimitsConfig, dispatcher: Dispatcher, reactor: Any
+    ) -> None:
         super().__init__(reactor=reactor)
         self.dispatcher = dispatcher
+        self.limits = limits
         self.origin_policy = OriginPolicy.from_config(server)
         self.connections: set[BambidServerProtocol] = set()
+        #: Called with each connection as it closes (the hub forgets it).
+        self.close_listeners: list[Callable[[BambidServerProtocol], None]] = []
+        self.connection_limiter = KeyedLimiter(
+            reactor, limits.connection_per_second, limits.connection_burst
+        )
         self.setProtocolOptions(
             maxMessagePayloadSize=server.max_message_size,
             maxFramePayloadSize=server.max_message_size,
@@ -203,6 +327,12 @@ class BambidWebSocketFactory(WebSocketServerFactory):
             failByDrop=False,
             closeHandshakeTimeout=5,
         )
+
+    def prepare(self, type: str, **fields: Any) -> PreparedFrame:
+        """Serialise and frame ``{"type": type, **fields}`` once, for
+        ``send_prepared`` to many connections."""
+        payload = dumps({"type": type, **fields}).encode("utf-8")
+        return _Prepared(self.prepareMessage(payload, isBinary=False), len(payload))
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         for connection in list(self.connections):

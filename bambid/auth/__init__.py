@@ -1,0 +1,1 @@
+"""Accounts, sessions, passwords and who a request or connection belongs to."""

@@ -1,0 +1,1 @@
+"""Example configuration and default data files, installed as bambid.etc."""
