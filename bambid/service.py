@@ -21,13 +21,18 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bambid.auth.accounts import AccountService
+from bambid.auth.passwords import PasswordHashing
+from bambid.chat.handlers import ChatServices
 from bambid.config import Config, ConfigError
-from bambid.handshake import HelloHandler
 from bambid.storage import Storage
 from bambid.storage.factory import make_storage
+from bambid.web.admin_routes import install_admin_routes
 from bambid.web.app import WebApp
 from bambid.web.assets import template_environment
+from bambid.web.auth_routes import install_auth_routes
 from bambid.web.health import HealthReporter
+from bambid.web.links_routes import install_link_routes
 from bambid.web.site import BambidSite
 from bambid.ws.dispatch import Dispatcher
 from bambid.ws.protocol import BambidWebSocketFactory
@@ -48,10 +53,13 @@ class BambidService(MultiService):
         self.endpoint = _parse_endpoint(reactor, config.server.endpoint)
         self.storage: Storage = make_storage(config.storage, reactor, base_dir)
         self.dispatcher = Dispatcher()
-        self.dispatcher.register("hello", HelloHandler(reactor), before_hello=True)
         self.ws_factory = BambidWebSocketFactory(
             config.server, config.limits, self.dispatcher, reactor
         )
+        # Public chat: hello, rooms, messages, moderation, XP (bambid.chat).
+        self.chat = ChatServices.build(config, self.storage, reactor, self.ws_factory.prepare)
+        self.chat.register(self.dispatcher)
+        self.ws_factory.close_listeners.append(self.chat.hub.forget)
         self.health = HealthReporter(
             storage=self.storage,
             clock=reactor,
@@ -59,6 +67,14 @@ class BambidService(MultiService):
             connection_count=lambda: len(self.ws_factory.connections),
         )
         self.web = WebApp(template_environment(), self.health, self.ws_factory)
+        self.accounts = AccountService(
+            self.storage, reactor, PasswordHashing(reactor), config.auth, config.chat, config.xp
+        )
+        self.auth_routes = install_auth_routes(self.web, self.accounts, config.server.public_url)
+        self.admin_routes = install_admin_routes(
+            self.web, self.auth_routes, moderation=self.chat.moderation
+        )
+        install_link_routes(self.web, self.storage, reactor, self.chat.admins, self.chat.hub.links)
         self.site = BambidSite(
             self.web.resource(),
             max_body_size=config.server.max_body_size,
@@ -75,6 +91,8 @@ class BambidService(MultiService):
 
     async def _start(self) -> None:
         await self.storage.open()
+        self.accounts.start()
+        await self.chat.start()
         self.port = await self.endpoint.listen(self.site)
         self._log.info(
             "bambid listening on {address} (storage: {backend})",
@@ -98,6 +116,8 @@ class BambidService(MultiService):
             await defer.maybeDeferred(self.port.stopListening)
             self._log.info("stopped listening")
         await self._close_websockets()
+        self.chat.stop()
+        await self.accounts.stop()
         await self.storage.close()
         self._log.info("bambid stopped")
 

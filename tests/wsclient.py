@@ -56,10 +56,21 @@ class TestClientFactory(WebSocketClientFactory):
         self.ready: Deferred[TestClientProtocol] = Deferred()
 
 
-async def connect(url: str, origin: str | None = None, timeout: float = 10) -> TestClientProtocol:
-    """Open ``url`` (ws://127.0.0.1:PORT/ws); fails with ``HandshakeFailed``."""
+async def connect(
+    url: str,
+    origin: str | None = None,
+    timeout: float = 10,
+    headers: dict[str, str] | None = None,
+    cookie: str | None = None,
+) -> TestClientProtocol:
+    """Open ``url`` (ws://127.0.0.1:PORT/ws) with extra handshake ``headers``
+    and, given ``cookie`` (a session token), ``Cookie: bambid_session=<cookie>``;
+    fails with ``HandshakeFailed``."""
     parts = urlsplit(url)
-    factory = TestClientFactory(url, origin=origin)
+    headers = dict(headers or {})
+    if cookie is not None:
+        headers["Cookie"] = f"bambid_session={cookie}"
+    factory = TestClientFactory(url, origin=origin, headers=headers or None)
     factory.setProtocolOptions(autoPingInterval=0)
     assert parts.hostname and parts.port
     endpoint = TCP4ClientEndpoint(reactor, parts.hostname, parts.port)

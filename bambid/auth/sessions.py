@@ -13,7 +13,7 @@ import secrets
 from twisted.internet.interfaces import IReactorTime
 
 from bambid.identity import Identity
-from bambid.models import Sanction, username_key
+from bambid.models import Sanction, Session, username_key
 from bambid.storage import Storage
 
 SESSION_COOKIE = "bambid_session"
@@ -34,6 +34,22 @@ def new_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_session(
+    username: str, now: float, lifetime: float, guest: bool = False
+) -> tuple[str, Session]:
+    """A fresh token and the session to store for it (which holds only the
+    token's hash), valid for ``lifetime`` seconds from ``now``."""
+    token = new_token()
+    session = Session(
+        token_hash=hash_token(token),
+        username=username,
+        created_at=now,
+        expires_at=now + lifetime,
+        guest=guest,
+    )
+    return token, session
 
 
 def role_for(username: str, stored_role: str, admins: frozenset[str]) -> str:

@@ -1,54 +1,169 @@
-// Opens the bambid WebSocket, says hello and shows the connection state.
-// Reconnects with capped exponential backoff and jitter.
-"use strict";
+// The bambid WebSocket: says hello (with the rooms to resume), hands every
+// message to the page, shows the connection state, and reconnects with capped
+// exponential backoff and jitter. See docs/protocol.md.
 
-(function () {
-  const stateEl = document.getElementById("connection-state");
-  const detailEl = document.getElementById("connection-detail");
-  const dotEl = document.getElementById("connection-dot");
-  const PROTOCOL = 1;
-  let attempt = 0;
+export const PROTOCOL = 1;
 
-  function show(state, label, detail) {
-    stateEl.dataset.state = state;
-    stateEl.textContent = label;
-    detailEl.textContent = detail || "";
-    dotEl.className = "connection-dot connection-dot--" + state;
+const MAX_DELAY_MS = 30000;
+const BASE_DELAY_MS = 500;
+
+function socketUrl() {
+  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  return scheme + "//" + window.location.host + "/ws";
+}
+
+/** Why a close happened, and whether and how soon to try again. */
+export function closePolicy(code, reason) {
+  const text = typeof reason === "string" ? reason : "";
+  switch (code) {
+    case 1001:
+      return { why: "server restarting", retry: true, minDelay: 0 };
+    case 1008:
+      if (/^banned\b/i.test(text)) {
+        const reason = reasonOf(text, "banned");
+        return { why: "you are banned" + (reason ? ": " + reason : ""), retry: false, minDelay: 0 };
+      }
+      if (/^kicked\b/i.test(text)) {
+        const reason = reasonOf(text, "kicked");
+        return {
+          why: "you were removed from the chat" + (reason ? " (" + reason + ")" : ""),
+          retry: true,
+          minDelay: 15000,
+        };
+      }
+      return { why: "closed by the server: " + (text || "policy"), retry: true, minDelay: 5000 };
+    case 1009:
+      return { why: "a message was too big", retry: true, minDelay: 0 };
+    case 1011:
+      return { why: "server error", retry: true, minDelay: 2000 };
+    default:
+      return { why: "connection lost", retry: true, minDelay: 0 };
+  }
+}
+
+function reasonOf(text, word) {
+  return text.slice(word.length).replace(/^\s*:\s*/, "").trim();
+}
+
+/**
+ * ``handlers``: ``state(state, label, detail)`` for the connection badge,
+ * ``hello()`` returning extra hello fields (``resume``), ``message(msg)`` for
+ * every parsed server message, ``closed(policy)`` after each close.
+ */
+export class Connection {
+  constructor(handlers) {
+    this.handlers = handlers;
+    this.socket = null;
+    this.ready = false;
+    this.attempt = 0;
+    this.timer = null;
+    this.stopped = false;
+    this.problem = "";
+    this.helloCount = 0;
   }
 
-  function socketUrl() {
-    const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-    return scheme + "//" + window.location.host + "/ws";
+  start() {
+    window.addEventListener("online", () => this.retryNow());
+    this.connect();
   }
 
-  function connect() {
-    show("connecting", "connecting…");
-    const socket = new WebSocket(socketUrl());
-    socket.addEventListener("open", function () {
-      socket.send(JSON.stringify({ type: "hello", protocol: PROTOCOL, id: "hello-1" }));
+  /** Stop for good (banned): no more reconnects. */
+  stop(why) {
+    this.stopped = true;
+    window.clearTimeout(this.timer);
+    this.problem = why;
+    if (this.socket) this.socket.close(1000, "bye");
+    this.handlers.state("disconnected", "disconnected", why);
+  }
+
+  retryNow() {
+    if (this.stopped || this.socket) return;
+    window.clearTimeout(this.timer);
+    this.connect();
+  }
+
+  /** Sends one request; false when not connected (the caller shows it). */
+  send(message) {
+    if (!this.socket || !this.ready) return false;
+    this.socket.send(JSON.stringify(message));
+    return true;
+  }
+
+  connect() {
+    this.timer = null;
+    if (this.stopped) return;
+    this.handlers.state(
+      "connecting",
+      "connecting…",
+      this.problem ? this.problem + "; reconnecting…" : "",
+    );
+    let socket;
+    try {
+      socket = new WebSocket(socketUrl());
+    } catch (err) {
+      this.scheduleRetry(closePolicy(0, ""));
+      return;
+    }
+    this.socket = socket;
+    this.ready = false;
+    let opened = false;
+    socket.addEventListener("open", () => {
+      opened = true;
+      this.helloCount += 1;
+      const hello = { type: "hello", protocol: PROTOCOL, id: "hello-" + this.helloCount };
+      Object.assign(hello, this.handlers.hello());
+      socket.send(JSON.stringify(hello));
     });
-    socket.addEventListener("message", function (event) {
+    socket.addEventListener("message", (event) => {
+      if (socket !== this.socket) return;
       let message;
       try {
         message = JSON.parse(event.data);
       } catch (err) {
         return;
       }
+      if (!message || typeof message !== "object" || typeof message.type !== "string") return;
       if (message.type === "welcome") {
-        attempt = 0;
-        show("connected", "connected", "bambid " + message.version + " · protocol " + message.protocol);
-      } else if (message.type === "error") {
-        detailEl.textContent = "server said: " + message.message;
+        this.ready = true;
+        this.attempt = 0;
+        this.problem = "";
+        this.handlers.state(
+          "connected",
+          "connected",
+          "bambid " + message.version + " · protocol " + message.protocol,
+        );
       }
+      this.handlers.message(message);
     });
-    socket.addEventListener("close", function (event) {
-      const delay = Math.min(30000, 500 * Math.pow(2, attempt)) * (0.5 + Math.random() / 2);
-      attempt += 1;
-      const why = event.code === 1001 ? "server restarting" : "connection lost";
-      show("disconnected", "disconnected", why + "; retrying in " + Math.round(delay / 1000) + " s");
-      window.setTimeout(connect, delay);
+    socket.addEventListener("close", (event) => {
+      if (socket !== this.socket) return;
+      this.socket = null;
+      this.ready = false;
+      let policy = closePolicy(event.code, event.reason);
+      if (!opened && this.problem) {
+        // The server is still unreachable: keep saying why we lost it.
+        policy = { why: this.problem, retry: true, minDelay: 0 };
+      }
+      this.handlers.closed(policy);
+      if (this.stopped) return;
+      if (!policy.retry) {
+        this.stop(policy.why);
+        return;
+      }
+      this.scheduleRetry(policy);
     });
   }
 
-  connect();
-})();
+  scheduleRetry(policy) {
+    const backoff = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * Math.pow(2, this.attempt));
+    const delay = Math.max(policy.minDelay, backoff * (0.5 + Math.random() / 2));
+    this.attempt += 1;
+    this.problem = policy.why;
+    this.handlers.state(
+      "disconnected",
+      "disconnected",
+      policy.why + "; retrying in " + Math.max(1, Math.round(delay / 1000)) + " s",
+    );
+    this.timer = window.setTimeout(() => this.connect(), delay);
+  }
+}
