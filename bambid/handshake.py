@@ -109,6 +109,7 @@ class HelloHandler:
             "connection_id": connection.connection_id,
             "user": user,
             "rooms": list(self.hub.rooms),
+            "max_message_length": self.hub.config.max_message_length,
         }
         if "id" in message:
             reply["id"] = message["id"]

@@ -33,6 +33,7 @@ async def test_welcome_names_the_person_and_the_rooms(tmp_path: Path) -> None:
             "next": 1000,
         }
         assert welcome["rooms"] == ["lobby", "games"]
+        assert welcome["max_message_length"] == 2000
 
 
 @pytest_twisted.ensureDeferred
@@ -251,6 +252,20 @@ async def test_mentions_reach_every_tab_and_are_recorded(tmp_path: Path) -> None
         assert [(t.username, t.by, t.room, t.message_id) for t in records] == [
             ("Bob", "Ada", "lobby", ack["message_id"])
         ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_online_guests_can_be_mentioned(tmp_path: Path) -> None:
+    async with chat_server(tmp_path, limits=FAST) as r:
+        storage = r.service.storage
+        ada, _ = await connect(r, await add_person(storage, "Ada"))
+        visitor, _ = await connect(r, await add_person(storage, "Visitor", guest=True))
+        await join(ada)
+        ack = await post(ada, "welcome @visitor, and @offline-guest")
+        message = await next_of(ada, "chat.message")
+        assert message["mentions"] == ["Visitor"]
+        mention = await next_of(visitor, "mention")
+        assert (mention["message_id"], mention["by"]) == (ack["message_id"], "Ada")
 
 
 @pytest_twisted.ensureDeferred

@@ -218,6 +218,19 @@ async def test_people_without_the_role_are_forbidden(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_demoted_moderator_loses_the_power_on_open_connections(tmp_path: Path) -> None:
+    async with chat_server(tmp_path) as r:
+        storage = r.service.storage
+        mia = await add_person(storage, "Mia", role="moderator")
+        await add_person(storage, "Bob")
+        moderator, welcome = await connect(r, mia)
+        assert welcome["user"]["role"] == "moderator"
+        await storage.set_account_role("Mia", "user")
+        error = await moderator.request(command("mute", user="Bob"))
+        assert error["code"] == "forbidden"
+
+
+@pytest_twisted.ensureDeferred
 async def test_moderators_cannot_act_on_admins(tmp_path: Path) -> None:
     async with chat_server(tmp_path, auth={"admins": ["Root"]}) as r:
         storage = r.service.storage
@@ -295,15 +308,22 @@ async def test_delete_and_notice_are_messages_with_their_own_seq(tmp_path: Path)
         error = await moderator.request(command("delete", message_id="nope"))
         assert error["code"] == "not_found"
 
+        # Typed in a room, /notice goes to that room ...
         moderator.send_json(
             {"type": "chat.send", "id": "n", "room": "lobby", "text": "/notice Maintenance at noon"}
         )
-        for room, seq in (("lobby", 3), ("games", 1)):
+        notice = await expect(moderator, "chat.message")
+        assert (notice["room"], notice["seq"], notice["kind"]) == ("lobby", 3, "notice")
+        assert notice["text"] == "Maintenance at noon"
+        assert notice["user"]["name"] == "Mia"
+        ack = await expect(moderator, "ack", id="n")
+        assert ack["result"]["rooms"] == ["lobby"]
+        # ... and admin.command without a room goes to every room.
+        moderator.send_json(command("notice", text="Maintenance at noon"))
+        for room, seq in (("lobby", 4), ("games", 1)):
             notice = await expect(moderator, "chat.message")
             assert (notice["room"], notice["seq"], notice["kind"]) == (room, seq, "notice")
-            assert notice["text"] == "Maintenance at noon"
-            assert notice["user"]["name"] == "Mia"
-        ack = await expect(moderator, "ack", id="n")
+        ack = await expect(moderator, "ack")
         assert ack["result"]["rooms"] == ["lobby", "games"]
         moderator.send_json(command("notice", text="games only", room="games"))
         await expect(moderator, "chat.message", room="games", seq=2)
@@ -315,6 +335,7 @@ async def test_delete_and_notice_are_messages_with_their_own_seq(tmp_path: Path)
         assert error["code"] == "bad_request"
         actions = [i.action for i in await storage.list_records(UserInteraction, "Mia", 10)]
         assert actions == [
+            "moderation.notice",
             "moderation.notice",
             "moderation.notice",
             "moderation.delete",

@@ -37,7 +37,13 @@ async def test_static_files_and_bootstrap_are_served_locally(running: Running) -
     code, headers, body = await get(running.http + "/static/js/connection.js")
     assert code == 200
     assert b"WebSocket" in body
-    assert "max-age" in headers["cache-control"]
+    assert headers["cache-control"] == "no-cache"
+    # Revalidation is cheap: an unchanged file answers 304 without a body.
+    code, _, body = await get(
+        running.http + "/static/js/connection.js",
+        headers={"If-Modified-Since": headers["last-modified"]},
+    )
+    assert (code, body) == (304, b"")
     assert headers["x-content-type-options"] == "nosniff"
     code, _, body = await get(running.http + "/vendor/bootstrap/css/bootstrap.min.css")
     assert code == 200

@@ -161,7 +161,7 @@ class ChatServices:
         if not isinstance(text, str):
             raise ClientError("bad_request", "'text' must be a string")
         if text.lstrip().startswith("/"):
-            result = await self.moderation.run_slash(identity, text)
+            result = await self.moderation.run_slash(identity, text, room.name)
             _ack(connection, message, result=result)
             return
         if not self.hub.is_member(connection, room.name):
@@ -175,7 +175,7 @@ class ChatServices:
         except TextRejected as e:
             raise ClientError("bad_request", str(e)) from None
         found = self.hub.links.find(cleaned)
-        mentions = await resolve_mentions(self.storage, cleaned)
+        mentions = await resolve_mentions(self.storage, cleaned, self.hub.online_guest)
         stored = await self.hub.store(
             NewChatMessage(
                 room=room.name,

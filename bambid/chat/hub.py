@@ -157,6 +157,14 @@ class ChatHub:
         """Every open, greeted connection of a person (all their tabs)."""
         return list(self._people.get(username_key(username), ()))
 
+    def online_guest(self, username: str) -> str | None:
+        """The name of the guest called ``username`` if they are connected now."""
+        for connection in self._people.get(username_key(username), ()):
+            identity = self._connections.get(connection)
+            if identity is not None and identity.guest:
+                return identity.name
+        return None
+
     def send_to_person(self, username: str, type: str, **fields: Any) -> int:
         """Send ``{"type": type, **fields}`` to every connection of a person;
         returns how many got it."""

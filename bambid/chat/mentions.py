@@ -2,8 +2,9 @@
 
 A mention is ``@`` followed by a possible username (3-32 of ``A-Z a-z 0-9 _ -``)
 that is not glued to a preceding word (``a@b.c`` is an address, not a
-mention). Only names of existing accounts count; they are returned as the
-account spells them, each once, in order of first appearance, at most
+mention). Names of existing accounts count, and the names of guests who are
+online right now (a guest has no account to look up); they are returned as
+spelt by their owner, each once, in order of first appearance, at most
 ``MAX_MENTIONS`` per message (so a message cannot make us look up or notify
 hundreds of people).
 """
@@ -11,6 +12,7 @@ hundreds of people).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from bambid.models import Mention, username_key
 from bambid.storage import Storage
@@ -31,11 +33,16 @@ def candidate_mentions(text: str) -> list[tuple[str, int]]:
     return found
 
 
-async def resolve_mentions(storage: Storage, text: str) -> tuple[Mention, ...]:
-    """The mentions of existing accounts in ``text`` (see the module doc)."""
+async def resolve_mentions(
+    storage: Storage, text: str, online_guest: Callable[[str], str | None] = lambda _: None
+) -> tuple[Mention, ...]:
+    """The mentions in ``text`` (see the module doc). ``online_guest(name)`` is
+    the spelling of a guest of that name who is online now, else None."""
     mentions = []
     for name, index in candidate_mentions(text)[:MAX_MENTIONS]:
         account = await storage.get_account(name)
         if account is not None:
             mentions.append(Mention(account.username, index))
+        elif (guest := online_guest(name)) is not None:
+            mentions.append(Mention(guest, index))
     return tuple(mentions)

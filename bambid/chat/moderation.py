@@ -174,14 +174,31 @@ class Moderation:
         command = self._commands.get(cmd)
         if command is None:
             raise ClientError("bad_request", f"unknown command {cmd!r}")
+        actor = await self._as_stored_now(actor)
         if not actor.is_moderator:
             raise ClientError("forbidden", "only moderators and admins may do that")
         return await command(actor, args)
 
-    async def run_slash(self, actor: Identity, text: str) -> dict[str, Any]:
+    async def _as_stored_now(self, actor: Identity) -> Identity:
+        """``actor`` with the role storage holds now: a connection keeps the
+        identity of its ``hello``, and a moderator demoted since must not keep
+        moderating from an open tab."""
+        if actor.guest:
+            return actor
+        account = await self.storage.get_account(actor.name)
+        if account is None:
+            return attrs.evolve(actor, role="user")
+        return attrs.evolve(actor, role=role_for(account.username, account.role, self.admins))
+
+    async def run_slash(
+        self, actor: Identity, text: str, room: str | None = None
+    ) -> dict[str, Any]:
         """A slash command typed in chat (``/mute Bo 10m``), run as ``execute``.
-        Non-moderators get ``forbidden`` for anything but ``/help``."""
+        Non-moderators get ``forbidden`` for anything but ``/help``. A
+        ``/notice`` goes to ``room``, the room it was typed in."""
         cmd, args = parse_slash(text)
+        if cmd == "notice" and room is not None:
+            args["room"] = room
         return await self.execute(actor, cmd, args)
 
     def help(self, actor: Identity) -> dict[str, Any]:

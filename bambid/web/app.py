@@ -29,7 +29,10 @@ from bambid.web.assets import assets_dir, bootstrap_dir
 from bambid.web.health import PROTOCOL_VERSION, HealthReporter
 from bambid.ws.protocol import BambidWebSocketFactory
 
-STATIC_MAX_AGE = 3600
+#: Static files are revalidated on every use (a cheap 304 from Last-Modified):
+#: their URLs carry no version, so after an upgrade a browser must not mix old
+#: and new scripts.
+STATIC_CACHE_CONTROL = b"no-cache"
 
 
 def json_response(request: IRequest, status: int, body: Any) -> bytes:
@@ -40,13 +43,13 @@ def json_response(request: IRequest, status: int, body: Any) -> bytes:
 
 
 class StaticFile(File):
-    """Static files with a cache lifetime; directory listings are refused."""
+    """Static files, revalidated on use; directory listings are refused."""
 
     def directoryListing(self) -> IResource:
         return self.childNotFound
 
     def render_GET(self, request: IRequest) -> Any:
-        request.setHeader(b"Cache-Control", f"public, max-age={STATIC_MAX_AGE}".encode())
+        request.setHeader(b"Cache-Control", STATIC_CACHE_CONTROL)
         return super().render_GET(request)
 
 

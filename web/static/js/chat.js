@@ -16,8 +16,8 @@ import {
   sameName,
 } from "./chat-render.js";
 
-const MAX_LENGTH = 2000;
-const COUNTER_FROM = 1800;
+let MAX_LENGTH = 2000; // replaced by welcome.max_message_length
+let COUNTER_FROM = 1800; // 90 % of MAX_LENGTH
 const HISTORY_PAGE = 50;
 const TYPING_SEND_EVERY_MS = 3000;
 const TYPING_SHOW_MS = 5000;
@@ -227,6 +227,10 @@ function onWelcome(m) {
   app.welcomed = true;
   app.user = m.user && typeof m.user === "object" ? m.user : null;
   app.publicRooms = Array.isArray(m.rooms) ? m.rooms.filter((r) => typeof r === "string") : [];
+  if (Number.isInteger(m.max_message_length) && m.max_message_length > 0) {
+    MAX_LENGTH = m.max_message_length;
+    COUNTER_FROM = Math.floor(MAX_LENGTH * 0.9);
+  }
   showXp(app.user && !app.user.guest ? app.user : null); // guests earn no XP
   renderRoomList();
   updateComposer();
