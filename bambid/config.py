@@ -60,6 +60,18 @@ def _http_url(v: str) -> str | None:
     return None
 
 
+def _http_urls(v: list[str]) -> str | None:
+    for url in v:
+        problem = _http_url(url) if url else f"must be an http(s) URL, got {url!r}"
+        if problem:
+            return problem
+    return None
+
+
+def _between(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}, got {v!r}"
+
+
 def _storage_uri(v: str) -> str | None:
     if v.startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
         return None
@@ -117,6 +129,26 @@ class AIConfig:
     url: str = setting("http://127.0.0.1:1234/v1", _http_url)
     api_key: str = setting("", secret=True)
     model: str = setting("")
+    fallback_urls: list[str] = setting(attrs.Factory(list), _http_urls)
+    temperature: float = setting(0.8, _between(0, 2))
+    top_p: float = setting(0.95, _between(0, 1))
+    top_k: int = setting(0, _at_least(0))
+    max_tokens: int = setting(512, _at_least(1))
+    frequency_penalty: float = setting(0.0, _between(-2, 2))
+    presence_penalty: float = setting(0.0, _between(-2, 2))
+    stop: list[str] = setting(attrs.Factory(list))
+    context_tokens: int = setting(4096, _at_least(256))
+    connect_timeout: float = setting(5.0, _at_least(0.1))
+    first_byte_timeout: float = setting(120.0, _at_least(0.1))
+    idle_timeout: float = setting(60.0, _at_least(0.1))
+    total_timeout: float = setting(600.0, _at_least(1))
+    max_reply_bytes: int = setting(4194304, _at_least(1024))
+    concurrency: int = setting(2, _at_least(1))
+    max_queue: int = setting(20, _at_least(0))
+    grace_seconds: float = setting(30.0, _at_least(0))
+    max_prompt_length: int = setting(4000, _at_least(1))
+    persona_file: str = setting("")
+    health_interval: float = setting(30.0, _at_least(1))
 
 
 @attrs.frozen

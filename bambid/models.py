@@ -7,6 +7,7 @@ from their own documents or rows; nothing else knows how a record is stored.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, ClassVar
 
 import attrs
@@ -174,9 +175,15 @@ class ConversationTurn:
     timestamp: float
 
 
+def new_conversation_id() -> str:
+    return uuid.uuid4().hex
+
+
 @attrs.frozen
 class Conversation:
-    """A user's companion conversation (seed: SessionHistory). One per owner."""
+    """A companion conversation (seed: SessionHistory). A person has many; the
+    one updated last is their current one. ``owner`` is the account name, or
+    ``guest:<name>`` for a guest."""
 
     owner: str
     title: str
@@ -184,6 +191,7 @@ class Conversation:
     updated_at: float
     turns: tuple[ConversationTurn, ...] = ()
     metadata: dict[str, Any] = attrs.field(factory=dict)
+    conversation_id: str = attrs.field(factory=new_conversation_id)
 
 
 # --- append-only interaction logs -------------------------------------------

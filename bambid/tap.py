@@ -47,7 +47,7 @@ def makeService(options: Options) -> IService:
 
     loaded: configuration.Config = options["loaded"]
     try:
-        service = BambidService(loaded, reactor, base_dir=Path.cwd())
+        service = BambidService(loaded, reactor, base_dir=Path.cwd(), freeze_heap=True)
     except configuration.ConfigError as e:
         fail_configuration(e)
     reactor.callWhenRunning(signals.install, reactor)

@@ -177,6 +177,10 @@ class StorageContract:
         await first.create_session(guest)
         mute = Sanction("mute", "Guest-1", "flood", "Mod", T0, None)
         await first.set_sanction(mute)
+        older = Conversation("guest:Guest-1", "old", T0, T0, metadata={"k": [1]})
+        current = Conversation("guest:Guest-1", "new", T0, T0 + 1)
+        await first.save_conversation(older)
+        await first.save_conversation(current)
         await first.close()
 
         second = new_storage()
@@ -188,6 +192,8 @@ class StorageContract:
             assert (await second.append_chat_message(new_message("lobby"))).seq == 3
             assert await second.list_sessions("guest-1") == [guest]
             assert await second.get_sanction("mute", "GUEST-1") == mute
+            assert await second.list_conversations("guest:guest-1", 5) == [current, older]
+            assert await second.get_conversation_by_id(older.conversation_id) == older
         finally:
             await second.close()
 
@@ -761,9 +767,14 @@ class StorageContract:
 
     # -- conversations ------------------------------------------------------------
 
+    @staticmethod
+    def conversation(owner: str, updated: float, title: str = "", **fields: Any) -> Conversation:
+        return Conversation(owner, title, fields.pop("created_at", T0), updated, **fields)
+
     @pytest_twisted.ensureDeferred
     async def test_conversation_save_and_replace(self, storage: Storage) -> None:
         assert await storage.get_conversation("alice") is None
+        assert await storage.list_conversations("alice", 10) == []
         first = Conversation(
             owner="Alice",
             title="First chat",
@@ -778,6 +789,8 @@ class StorageContract:
         )
         await storage.save_conversation(first)
         assert await storage.get_conversation("ALICE") == first
+        assert await storage.get_conversation_by_id(first.conversation_id) == first
+        # Saving the same id again replaces it, whatever changed.
         second = attrs.evolve(
             first,
             title="Renamed",
@@ -787,10 +800,139 @@ class StorageContract:
         )
         await storage.save_conversation(second)
         assert await storage.get_conversation("alice") == second
+        assert await storage.get_conversation_by_id(first.conversation_id) == second
+        assert await storage.list_conversations("alice", 10) == [second]
         other = Conversation("Bob", "", T0, T0)
         await storage.save_conversation(other)
         assert await storage.get_conversation("bob") == other
         assert await storage.get_conversation("alice") == second
+        assert await storage.get_conversation_by_id("no-such-id") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_many_conversations_per_owner(self, storage: Storage) -> None:
+        conversations = [
+            self.conversation("Alice", T0 + n, f"chat {n}") for n in (3.5, 1, 7.25, 2, 5)
+        ]
+        for conversation in conversations:
+            await storage.save_conversation(conversation)
+        newest_first = sorted(conversations, key=lambda c: c.updated_at, reverse=True)
+        assert await storage.list_conversations("alice", 10) == newest_first
+        assert await storage.list_conversations("ALICE", 5) == newest_first
+        assert await storage.list_conversations("Alice", 2) == newest_first[:2]
+        assert await storage.list_conversations("alice", 1) == newest_first[:1]
+        assert await storage.list_conversations("alice", 0) == []
+        assert await storage.list_conversations("alice", -1) == []
+        assert await storage.get_conversation("alice") == newest_first[0]
+        for conversation in conversations:
+            assert await storage.get_conversation_by_id(conversation.conversation_id) == (
+                conversation
+            )
+
+        # Updating an old conversation makes it current; the others stay.
+        revived = attrs.evolve(
+            newest_first[-1],
+            updated_at=T0 + 8,
+            turns=(ConversationTurn("user", "back again", T0 + 8),),
+        )
+        await storage.save_conversation(revived)
+        assert await storage.get_conversation("alice") == revived
+        assert await storage.list_conversations("alice", 10) == [revived, *newest_first[:-1]]
+
+        # A new conversation (the one ai.reset starts) becomes current.
+        fresh = self.conversation("alice", T0 + 9)
+        await storage.save_conversation(fresh)
+        assert fresh.conversation_id not in {c.conversation_id for c in conversations}
+        assert await storage.get_conversation("Alice") == fresh
+        assert len(await storage.list_conversations("alice", 100)) == 6
+
+    @pytest_twisted.ensureDeferred
+    async def test_current_conversation_ties_broken_by_id(self, storage: Storage) -> None:
+        ids = ["5" * 32, "f" * 32, "0" * 32, "a" * 32]
+        tied = [self.conversation("Alice", T0 + 2, conversation_id=i) for i in ids]
+        older = self.conversation("Alice", T0 + 1, conversation_id="f" * 33)
+        for conversation in (tied[0], older, *tied[1:]):
+            await storage.save_conversation(conversation)
+        # Updated last first; among equal times, the greatest id first.
+        by_id = sorted(tied, key=lambda c: c.conversation_id, reverse=True)
+        assert await storage.list_conversations("alice", 10) == [*by_id, older]
+        assert await storage.get_conversation("alice") == by_id[0]
+        assert by_id[0].conversation_id == "f" * 32
+        assert await storage.list_conversations("alice", 2) == by_id[:2]
+
+    @pytest_twisted.ensureDeferred
+    async def test_save_replaces_by_id_not_by_owner(self, storage: Storage) -> None:
+        one = self.conversation("Alice", T0 + 1, "one")
+        two = self.conversation("Alice", T0 + 2, "two")
+        await storage.save_conversation(one)
+        await storage.save_conversation(two)
+        # Same owner, same times, another id: a conversation of its own.
+        twin = attrs.evolve(two, conversation_id=unique("twin-"))
+        await storage.save_conversation(twin)
+        assert len(await storage.list_conversations("alice", 10)) == 3
+        # Replacing by id replaces everything, the owner included.
+        moved = attrs.evolve(one, owner="Bob", title="moved", updated_at=T0 + 3)
+        await storage.save_conversation(moved)
+        assert await storage.get_conversation_by_id(one.conversation_id) == moved
+        assert await storage.list_conversations("bob", 10) == [moved]
+        listed = await storage.list_conversations("alice", 10)
+        assert sorted(listed, key=lambda c: c.conversation_id) == sorted(
+            [two, twin], key=lambda c: c.conversation_id
+        )
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_saves_of_one_conversation(self, storage: Storage) -> None:
+        base = self.conversation("Alice", T0)
+        versions = [attrs.evolve(base, title=f"v{n}", updated_at=T0 + n) for n in range(6)]
+        await gather([storage.save_conversation(v) for v in versions])
+        stored = await storage.list_conversations("alice", 10)
+        assert len(stored) == 1 and stored[0] in versions
+        assert await storage.get_conversation_by_id(base.conversation_id) == stored[0]
+
+    @pytest_twisted.ensureDeferred
+    async def test_conversation_owners_independent_and_case_insensitive(
+        self, storage: Storage
+    ) -> None:
+        street = self.conversation("Straße", T0 + 1)
+        shouting = self.conversation("STRASSE", T0 + 2)
+        guest = self.conversation("guest:Straße", T0 + 3)
+        guest_too = self.conversation("GUEST:strasse", T0 + 4)
+        bob = self.conversation("Bob", T0 + 5)
+        for conversation in (street, shouting, guest, guest_too, bob):
+            await storage.save_conversation(conversation)
+        # Owners are matched by casefold and returned as each was written.
+        assert await storage.list_conversations("strasse", 10) == [shouting, street]
+        assert await storage.list_conversations("straße", 10) == [shouting, street]
+        assert await storage.get_conversation("Strasse") == shouting
+        # A guest's conversations are not the account's of the same name.
+        assert await storage.list_conversations("guest:STRASSE", 10) == [guest_too, guest]
+        assert await storage.get_conversation("Guest:Straße") == guest_too
+        assert await storage.list_conversations("bob", 10) == [bob]
+        assert await storage.list_conversations("carol", 10) == []
+        assert await storage.get_conversation("carol") is None
+        assert await storage.get_conversation("guest:bob") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_conversations(self, storage: Storage) -> None:
+        assert await storage.delete_conversations("alice") == 0
+        alice = [
+            self.conversation(name, T0 + n) for n, name in enumerate(["Alice", "ALICE", "alice"])
+        ]
+        guest = self.conversation("guest:Alice", T0 + 5)
+        bob = self.conversation("Bob", T0 + 6)
+        for conversation in (*alice, guest, bob):
+            await storage.save_conversation(conversation)
+        assert await storage.delete_conversations("aLiCe") == 3
+        assert await storage.get_conversation("alice") is None
+        assert await storage.list_conversations("alice", 10) == []
+        for conversation in alice:
+            assert await storage.get_conversation_by_id(conversation.conversation_id) is None
+        assert await storage.delete_conversations("alice") == 0
+        assert await storage.get_conversation("guest:alice") == guest
+        assert await storage.get_conversation_by_id(bob.conversation_id) == bob
+        # The owner can start again.
+        again = self.conversation("Alice", T0 + 7)
+        await storage.save_conversation(again)
+        assert await storage.list_conversations("alice", 10) == [again]
 
     @for_each_backend(
         title=texts,
@@ -802,6 +944,8 @@ class StorageContract:
         ).map(tuple),
         metadata=plain_dicts,
         created=times,
+        updated=times,
+        conversation_id=texts,
     )
     async def test_any_conversation_round_trips(
         self,
@@ -810,10 +954,19 @@ class StorageContract:
         turns: tuple[ConversationTurn, ...],
         metadata: dict[str, Any],
         created: float,
+        updated: float,
+        conversation_id: str,
     ) -> None:
-        conversation = Conversation(unique("Owner"), title, created, created, turns, metadata)
+        conversation = Conversation(
+            unique("Owner"), title, created, updated, turns, metadata, unique(conversation_id)
+        )
         await storage.save_conversation(conversation)
         assert await storage.get_conversation(conversation.owner) == conversation
+        assert await storage.get_conversation_by_id(conversation.conversation_id) == conversation
+        assert await storage.list_conversations(conversation.owner, 3) == [conversation]
+        replaced = attrs.evolve(conversation, turns=turns[::-1], metadata={"m": metadata})
+        await storage.save_conversation(replaced)
+        assert await storage.list_conversations(conversation.owner.upper(), 3) == [replaced]
 
     # -- interaction logs -----------------------------------------------------------
 

@@ -8,7 +8,7 @@ Three layers:
 - the same contract, offline, against ``FakeMongo``: an in-memory stand-in for
   the few txmongo calls the backend makes, with MongoDB's semantics for them
   (unique indexes, upserts, ``$inc``, ``$exists``, update pipelines, sort, skip
-  and limit, counts, ``distinct``), BSON
+  and limit, counts, ``distinct``, dropping indexes), BSON
   round-trips of every document, and a check that every call carries a
   timeout;
 - unit tests of what needs no server: URI parsing, write concern, index
@@ -400,10 +400,29 @@ class FakeCollection:
             keys = tuple(sort["orderby"])
             if name in self.indexes and self.indexes[name] != (keys, unique):
                 raise OperationFailure("IndexOptionsConflict", 85)
+            if unique:  # building a unique index fails on documents already in conflict
+                seen: list[list[Any]] = []
+                for doc in self.docs:
+                    key = [field(doc, n) for n, _ in keys]  # a missing field is null
+                    if key in seen:
+                        raise DuplicateKeyError(f"E11000 duplicate key {key}", 11000)
+                    seen.append(key)
             self.indexes[name] = (keys, unique)
             return name
 
         return self._reply("ensure_index", kwargs, create)
+
+    def drop_index(self, index_identifier: str, **kwargs: Any) -> Any:
+        def drop() -> dict[str, Any]:
+            if not self.server.has_collection(self):
+                # txmongo's drop_index lets "ns not found" pass.
+                return {"ok": 0, "errmsg": "ns not found", "code": 26}
+            if index_identifier not in self.indexes:
+                raise OperationFailure(f"index not found with name [{index_identifier}]", 27)
+            del self.indexes[index_identifier]
+            return {"ok": 1}
+
+        return self._reply("drop_index", kwargs, drop)
 
 
 class FakeDatabase:
@@ -441,6 +460,10 @@ class FakeMongo:
 
     def collection(self, database: str, name: str) -> FakeCollection:
         return self.databases.setdefault((database, name), FakeCollection(self, name))
+
+    def has_collection(self, collection: FakeCollection) -> bool:
+        """Whether MongoDB would know the collection: it holds documents or indexes."""
+        return bool(collection.docs or collection.indexes)
 
     def later(self, answer: Callable[[], Any]) -> defer.Deferred[Any]:
         """Answer on a later reactor turn (or at ``release()`` while held), so
@@ -596,6 +619,59 @@ async def test_open_backfills_session_keys(fake: FakeMongo) -> None:
     assert "sessions.distinct" in fake.calls and "sessions.update_many" not in fake.calls
 
 
+def single_conversation_document(owner: str, title: str, updated: float) -> dict[str, Any]:
+    """A conversation as bambid stored it when a person had one: no id."""
+    doc = mongo.conversation_to_document(Conversation(owner, title, T0, updated))
+    del doc["conversation_id"]
+    return as_bson({"_id": ObjectId(), **doc})
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_upgrades_single_conversations(fake: FakeMongo) -> None:
+    """Conversations stored when each person had one (unique ``owner_key``, no
+    ``conversation_id``) get ids, and the old index goes, so that a person can
+    have many."""
+    conversations = fake.collection("bambid", "conversations")
+    conversations.indexes["owner_key_1"] = ((("owner_key", 1),), True)
+    conversations.docs += [
+        single_conversation_document("Straße", "old chat", T0 + 1),
+        single_conversation_document("guest:Bob", "", T0 + 2),
+    ]
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await storage.open()
+    try:
+        assert set(conversations.indexes) == {"conversation_id_1", "owner_key_1_updated_at_-1"}
+        ids = [d["conversation_id"] for d in conversations.docs]
+        assert len(set(ids)) == 2 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+        old = await storage.get_conversation("STRASSE")
+        assert old == Conversation("Straße", "old chat", T0, T0 + 1, conversation_id=ids[0])
+        assert await storage.get_conversation_by_id(ids[1]) == Conversation(
+            "guest:Bob", "", T0, T0 + 2, conversation_id=ids[1]
+        )
+        new = Conversation("strasse", "new chat", T0 + 5, T0 + 5)
+        await storage.save_conversation(new)
+        assert await storage.list_conversations("straße", 10) == [new, old]
+    finally:
+        await storage.close()
+    fake.calls.clear()
+    again = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await again.open()  # no old index to drop (tolerated), no conversation without an id
+    await again.close()
+    assert "conversations.drop_index" in fake.calls
+    assert "conversations.distinct" in fake.calls
+    assert "conversations.update_one" not in fake.calls
+    assert [d["conversation_id"] for d in conversations.docs][:2] == ids
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_fails_on_other_drop_index_errors(fake: FakeMongo) -> None:
+    fake.fail_next = OperationFailure("not authorized on bambid", 13)
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    with pytest.raises(StorageError, match="drop index conversations.owner_key_1"):
+        await storage.open()
+    assert fake.calls == ["conversations.drop_index"] and fake.open_pools == 0
+
+
 @pytest_twisted.ensureDeferred
 async def test_sequence_numbers_come_from_counters(fake: FakeMongo) -> None:
     storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
@@ -653,9 +729,9 @@ async def test_unreachable_server_fails_open_with_storage_error() -> None:
 
 
 class IndexesAlreadyThere:
-    """A real txmongo ``Database``, except that ``ensure_index`` and the session
-    key backfill's ``distinct`` answer at once: lets a storage open without a
-    server, so that each operation reaches txmongo."""
+    """A real txmongo ``Database``, except that ``ensure_index``, ``drop_index``
+    and the backfills' ``distinct`` answer at once: lets a storage open without
+    a server, so that each operation reaches txmongo."""
 
     def __init__(self, database: Any) -> None:
         self.database = database
@@ -672,6 +748,9 @@ class _IndexesAlreadyThere:
         self.collection = collection
 
     def ensure_index(self, *args: Any, **kwargs: Any) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def drop_index(self, *args: Any, **kwargs: Any) -> defer.Deferred[None]:
         return defer.succeed(None)
 
     def distinct(self, *args: Any, **kwargs: Any) -> defer.Deferred[list[Any]]:
@@ -726,6 +805,9 @@ async def test_every_operation_reaches_txmongo_with_a_deadline() -> None:
         storage.delete_chat_message("m"),
         storage.save_conversation(Conversation("A", "t", T0, T0)),
         storage.get_conversation("a"),
+        storage.get_conversation_by_id("c"),
+        storage.list_conversations("a", 10),
+        storage.delete_conversations("a"),
         storage.record(UserInteraction("A", "x", T0)),
         storage.list_records(UserInteraction, "a", 10),
     ]
@@ -767,6 +849,41 @@ async def test_session_key_backfill_reaches_txmongo_with_a_deadline() -> None:
 
         with pytest.raises(TimeExceeded):
             await mongo.backfill_session_keys(OneName(), 0.3)
+    finally:
+        await pool.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_conversation_upgrade_reaches_txmongo_with_a_deadline() -> None:
+    """What ``open()`` runs for conversations besides ``ensure_index``, against
+    the real txmongo."""
+    from txmongo.errors import TimeExceeded
+
+    config = StorageConfig(uri=f"mongodb://127.0.0.1:{refused_port()}/x", timeout=0.3)
+    pool, database = await mongo.connect_txmongo(MongoStorage(config).settings)
+    try:
+        with pytest.raises(TimeExceeded):
+            await mongo.drop_index_if_exists(database, mongo.OBSOLETE_INDEXES[0], 0.3)
+        with pytest.raises(TimeExceeded):
+            await mongo.backfill_conversation_ids(database, 0.3)
+
+        class OneConversation:
+            """``distinct`` answers with one id, so that ``update_one`` is sent."""
+
+            def __getitem__(self, name: str) -> Any:
+                collection = database[name]
+
+                class Conversations:
+                    def distinct(self, *args: Any, **kwargs: Any) -> defer.Deferred[list[Any]]:
+                        return defer.succeed([ObjectId()])
+
+                    def __getattr__(self, attribute: str) -> Any:
+                        return getattr(collection, attribute)
+
+                return Conversations()
+
+        with pytest.raises(TimeExceeded):
+            await mongo.backfill_conversation_ids(OneConversation(), 0.3)
     finally:
         await pool.disconnect()
 
@@ -829,7 +946,8 @@ def test_index_specifications() -> None:
         ("chat_messages", (("username", 1),), False),
         ("ai_interactions", (("timestamp", -1),), False),
         ("ai_interactions", (("username", 1),), False),
-        ("conversations", (("owner_key", 1),), True),
+        ("conversations", (("conversation_id", 1),), True),
+        ("conversations", (("owner_key", 1), ("updated_at", -1)), False),
         ("sanctions", (("kind", 1), ("username_key", 1)), True),
     } | {
         (name, (("username_key", 1), ("timestamp", -1)), False)
@@ -987,6 +1105,7 @@ def test_conversation_and_account_documents(
     )
     doc = mongo.conversation_to_document(conversation)
     assert doc["owner_key"] == "owner"
+    assert doc["conversation_id"] == conversation.conversation_id
     assert mongo.conversation_from_document(round_trip(doc)) == conversation
 
     account = Account("Owner", "$argon2id$…", "admin", when)

@@ -19,7 +19,15 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.interfaces import IReactorFromThreads
 
 from bambid.config import ConfigError, StorageConfig
-from bambid.models import Account, ChatMessage, NewChatMessage, Sanction, Session
+from bambid.models import (
+    Account,
+    ChatMessage,
+    Conversation,
+    ConversationTurn,
+    NewChatMessage,
+    Sanction,
+    Session,
+)
 from bambid.storage.factory import make_storage, sqlite_path
 from bambid.storage.interface import DuplicateError, StorageError
 from bambid.storage.mongo import MongoStorage
@@ -346,7 +354,7 @@ async def open_and_close(path: Path, migrations: Path | None = None) -> list[str
 @pytest_twisted.ensureDeferred
 async def test_migrations_run_once_in_order(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
-    assert SHIPPED[:2] == ["0001_initial.sql", "0002_moderation.sql"]
+    assert SHIPPED[:3] == ["0001_initial.sql", "0002_moderation.sql", "0003_conversations.sql"]
     assert await open_and_close(path) == SHIPPED
     assert pragma(path, "user_version") == LATEST
     assert await open_and_close(path) == []  # reopening re-runs nothing
@@ -493,6 +501,97 @@ async def test_version_1_database_upgrades_keeping_its_data(tmp_path: Path) -> N
         conn.close()
 
 
+def version_2_database(path: Path) -> None:
+    """A database as bambid left it before migration 0003 (schema version 2),
+    when each person had one companion conversation (``owner_key`` its key)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(conn, load_migrations(MIGRATIONS_DIR)[:2])
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO conversations (owner_key, owner, title, created_at, updated_at, turns,"
+            " metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    "strasse",
+                    "Straße",
+                    "Old chat",
+                    T0,
+                    T0 + 2.5,
+                    '[{"role":"user","content":"Hallo 👋","timestamp":1700000001.0},'
+                    '{"role":"assistant","content":"Hi!","timestamp":1700000002.5}]',
+                    '{"model":"x","tokens":[1,2]}',
+                ),
+                ("guest:bob", "guest:Bob", "", T0, T0, "[]", "{}"),
+            ],
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def schema(path: Path) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_2_database_upgrades_keeping_its_conversations(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    version_2_database(path)
+    assert pragma(path, "user_version") == 2
+
+    storage = SQLiteStorage(path, reactor)
+    await storage.open()
+    try:
+        assert storage.applied_migrations == SHIPPED[2:]
+        old = await storage.get_conversation("STRASSE")
+        assert old is not None
+        # The conversation kept everything and got an id like a new one's.
+        assert old == Conversation(
+            owner="Straße",
+            title="Old chat",
+            created_at=T0,
+            updated_at=T0 + 2.5,
+            turns=(
+                ConversationTurn("user", "Hallo 👋", T0 + 1),
+                ConversationTurn("assistant", "Hi!", T0 + 2.5),
+            ),
+            metadata={"model": "x", "tokens": [1, 2]},
+            conversation_id=old.conversation_id,
+        )
+        assert len(old.conversation_id) == 32 and int(old.conversation_id, 16) >= 0
+        guest = await storage.get_conversation("guest:bob")
+        assert guest is not None and guest.owner == "guest:Bob"
+        assert guest.conversation_id != old.conversation_id
+        assert await storage.get_conversation_by_id(old.conversation_id) == old
+        # A person may have many conversations now.
+        new = Conversation("strasse", "New chat", T0 + 3, T0 + 3)
+        await storage.save_conversation(new)
+        assert await storage.list_conversations("straße", 10) == [new, old]
+        assert await storage.delete_conversations("Straße") == 2
+        assert await storage.list_conversations("guest:BOB", 10) == [guest]
+    finally:
+        await storage.close()
+    assert pragma(path, "user_version") == LATEST
+    assert await open_and_close(path) == []
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert "conversations_owner" in names and "conversations_0002" not in names
+    finally:
+        conn.close()
+    fresh = tmp_path / "fresh.sqlite3"
+    await open_and_close(fresh)
+    assert schema(path) == schema(fresh)
+
+
 @pytest_twisted.ensureDeferred
 async def test_new_and_upgraded_schemas_are_the_same(tmp_path: Path) -> None:
     upgraded = tmp_path / "upgraded.sqlite3"
@@ -500,17 +599,35 @@ async def test_new_and_upgraded_schemas_are_the_same(tmp_path: Path) -> None:
     await open_and_close(upgraded)
     fresh = tmp_path / "fresh.sqlite3"
     await open_and_close(fresh)
-
-    def schema(path: Path) -> list[tuple[str, str]]:
-        conn = sqlite3.connect(path)
-        try:
-            return conn.execute(
-                "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"
-            ).fetchall()
-        finally:
-            conn.close()
-
     assert schema(upgraded) == schema(fresh)
+
+
+def test_conversation_schema(tmp_path: Path) -> None:
+    """Conversations are keyed by id, listed per owner through an index."""
+    path = tmp_path / "db.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(conn, load_migrations(MIGRATIONS_DIR))
+        plan = " ".join(
+            row[3]
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT * FROM conversations WHERE owner_key = ?"
+                " ORDER BY updated_at DESC, conversation_id DESC LIMIT 5",
+                ("alice",),
+            )
+        )
+        assert "conversations_owner" in plan
+        row = ("c1", "alice", "Alice", "", T0, T0)
+        insert = (
+            "INSERT INTO conversations (conversation_id, owner_key, owner, title, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        conn.execute(insert, row)
+        conn.execute(insert, ("c2", *row[1:]))  # one owner, many conversations
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(insert, row)
+    finally:
+        conn.close()
 
 
 # --- the factory ---------------------------------------------------------------------------

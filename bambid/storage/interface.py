@@ -194,11 +194,24 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def save_conversation(self, conversation: Conversation) -> None:
-        """Insert or replace the conversation of ``conversation.owner``."""
+        """Insert or replace the conversation with ``conversation.conversation_id``."""
 
     @abc.abstractmethod
     async def get_conversation(self, owner: str) -> Conversation | None:
-        """The stored conversation of ``owner``, or None."""
+        """The current conversation of ``owner`` (the one updated last, ties
+        broken by id), or None."""
+
+    @abc.abstractmethod
+    async def get_conversation_by_id(self, conversation_id: str) -> Conversation | None:
+        """The conversation with this id, or None."""
+
+    @abc.abstractmethod
+    async def list_conversations(self, owner: str, limit: int) -> list[Conversation]:
+        """Up to ``limit`` conversations of ``owner``, updated last first."""
+
+    @abc.abstractmethod
+    async def delete_conversations(self, owner: str) -> int:
+        """Delete every conversation of ``owner``; how many."""
 
     # -- interaction logs -----------------------------------------------------
 

@@ -20,6 +20,13 @@ Sessions written before sessions carried a ``username_key`` get one at
 ``open()`` (``backfill_session_keys``), so that listing and deleting a user's
 sessions finds them too.
 
+Companion conversations are keyed by ``conversation_id`` (a person has many).
+Conversations written when a person had only one (no ``conversation_id``,
+unique ``{owner_key: 1}`` index) are upgraded by ``open()``: the old index is
+dropped (``OBSOLETE_INDEXES``) and each such conversation gets an id
+(``backfill_conversation_ids``) before the unique ``{conversation_id: 1}``
+index is created.
+
 txmongo is imported only when a connection is made: importing it installs
 Twisted's global reactor, which a library module must not do on import. Its
 connection pool runs on that global reactor.
@@ -64,6 +71,7 @@ from bambid.models import (
     UsageStats,
     UserInteraction,
     UserTagInteraction,
+    new_conversation_id,
     username_key,
 )
 from bambid.storage.interface import (
@@ -207,9 +215,23 @@ INDEXES: tuple[IndexSpec, ...] = (
     IndexSpec(AIInteraction.collection, (("timestamp", -1),)),
     IndexSpec(AIInteraction.collection, (("username", 1),)),
     *(IndexSpec(name, (("username_key", 1), ("timestamp", -1))) for name in LOG_COLLECTIONS),
-    IndexSpec(CONVERSATIONS, (("owner_key", 1),), unique=True),
+    IndexSpec(CONVERSATIONS, (("conversation_id", 1),), unique=True),
+    IndexSpec(CONVERSATIONS, (("owner_key", 1), ("updated_at", -1))),
     IndexSpec(SANCTIONS, (("kind", 1), ("username_key", 1)), unique=True),
 )
+
+#: Indexes of older bambid versions that ``open()`` drops when they exist: the
+#: unique ``{owner_key: 1}`` of the time when a person had one conversation.
+OBSOLETE_INDEXES: tuple[IndexSpec, ...] = (
+    IndexSpec(CONVERSATIONS, (("owner_key", 1),), unique=True),
+)
+
+#: ``drop_index`` errors meaning there was nothing to drop: IndexNotFound,
+#: NamespaceNotFound (txmongo tolerates the latter by its message already).
+_NO_SUCH_INDEX_CODES = (26, 27)
+
+#: A person's conversations, current (updated last, then greatest id) first.
+CONVERSATION_ORDER: tuple[tuple[str, int], ...] = (("updated_at", -1), ("conversation_id", -1))
 
 
 # --- times -----------------------------------------------------------------------
@@ -454,6 +476,7 @@ def chat_message_from_document(doc: Mapping[str, Any]) -> ChatMessage:
 
 def conversation_to_document(conversation: Conversation) -> Document:
     return {
+        "conversation_id": conversation.conversation_id,
         "owner": conversation.owner,
         "owner_key": username_key(conversation.owner),
         "title": conversation.title,
@@ -480,6 +503,7 @@ def conversation_from_document(doc: Mapping[str, Any]) -> Conversation:
             for t in doc.get("turns", ())
         ),
         metadata=dict(doc.get("metadata") or {}),
+        conversation_id=doc["conversation_id"],
     )
 
 
@@ -739,6 +763,11 @@ class MongoStorage(Storage):
         try:
             with _driver_errors("connect"):
                 self._pool, self._db = await self._connect(self.settings)
+            for spec in OBSOLETE_INDEXES:
+                with _driver_errors(f"drop index {spec.collection}.{spec.name}"):
+                    await drop_index_if_exists(self._db, spec, self._timeout)
+            with _driver_errors("backfill conversation ids"):
+                await backfill_conversation_ids(self._db, self._timeout)
             for spec in INDEXES:
                 with _driver_errors(f"create index {spec.collection}.{spec.name}"):
                     options: dict[str, Any] = {"name": spec.name}
@@ -1076,11 +1105,12 @@ class MongoStorage(Storage):
 
     async def save_conversation(self, conversation: Conversation) -> None:
         doc = conversation_to_document(conversation)
+        query = {"conversation_id": doc["conversation_id"]}
         with self._operation("save conversation") as db:
             for attempt in (1, 2):
                 try:
                     await db[CONVERSATIONS].replace_one(
-                        {"owner_key": doc["owner_key"]}, doc, upsert=True, timeout=self._timeout
+                        query, doc, upsert=True, timeout=self._timeout
                     )
                     break
                 except DuplicateKeyError:
@@ -1090,9 +1120,33 @@ class MongoStorage(Storage):
     async def get_conversation(self, owner: str) -> Conversation | None:
         with self._operation("get conversation") as db:
             doc = await db[CONVERSATIONS].find_one(
-                {"owner_key": username_key(owner)}, timeout=self._timeout
+                {"owner_key": username_key(owner)},
+                sort=_sort(CONVERSATION_ORDER),
+                timeout=self._timeout,
             )
         return conversation_from_document(doc) if doc else None
+
+    async def get_conversation_by_id(self, conversation_id: str) -> Conversation | None:
+        with self._operation("get conversation by id") as db:
+            doc = await db[CONVERSATIONS].find_one(
+                {"conversation_id": conversation_id}, timeout=self._timeout
+            )
+        return conversation_from_document(doc) if doc else None
+
+    async def list_conversations(self, owner: str, limit: int) -> list[Conversation]:
+        if limit <= 0:
+            return []
+        query: Document = {"owner_key": username_key(owner)}
+        with self._operation("list conversations") as db:
+            docs = await self._find(db, CONVERSATIONS, query, CONVERSATION_ORDER, limit)
+        return [conversation_from_document(doc) for doc in docs]
+
+    async def delete_conversations(self, owner: str) -> int:
+        with self._operation("delete conversations") as db:
+            result = await db[CONVERSATIONS].delete_many(
+                {"owner_key": username_key(owner)}, timeout=self._timeout
+            )
+        return int(result.deleted_count)
 
     # -- interaction logs ------------------------------------------------------------------
 
@@ -1127,6 +1181,36 @@ async def backfill_session_keys(db: Any, timeout: float) -> int:
             timeout=timeout,
         )
     return len(names or ())
+
+
+async def drop_index_if_exists(db: Any, spec: IndexSpec, timeout: float) -> bool:
+    """Drop the index ``spec`` names; False if there was none (or no collection)."""
+    try:
+        await db[spec.collection].drop_index(spec.name, timeout=timeout)
+    except OperationFailure as e:
+        if e.code in _NO_SUCH_INDEX_CODES:
+            return False
+        raise
+    return True
+
+
+async def backfill_conversation_ids(db: Any, timeout: float) -> int:
+    """Give every conversation stored without a ``conversation_id`` (written when
+    a person had one conversation) a new one; return how many. Idempotent: one
+    ``distinct`` when there is nothing to do, then one ``update_one`` per
+    conversation, which leaves alone one that got an id meanwhile (another
+    daemon starting at the same time)."""
+    missing: Document = {"conversation_id": {"$exists": False}}
+    ids = await db[CONVERSATIONS].distinct("_id", missing, timeout=timeout)
+    filled = 0
+    for object_id in ids or ():
+        result = await db[CONVERSATIONS].update_one(
+            {"_id": object_id, **missing},
+            {"$set": {"conversation_id": new_conversation_id()}},
+            timeout=timeout,
+        )
+        filled += int(result.modified_count)
+    return filled
 
 
 @contextlib.contextmanager

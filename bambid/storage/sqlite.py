@@ -22,7 +22,8 @@ acknowledged.
 Schema migrations are the numbered files ``migrations/NNNN_name.sql``, applied in
 order, each in one transaction together with ``PRAGMA user_version = NNNN``.
 Migrations may call ``bambid_username_key(text)`` (``models.username_key``) to
-fill in key columns of existing rows.
+fill in key columns of existing rows, and ``bambid_uuid_hex()``
+(``uuid.uuid4().hex``) to give existing rows new ids.
 """
 
 from __future__ import annotations
@@ -135,6 +136,11 @@ def _sql_username_key(value: Any) -> Any:
     return username_key(value) if isinstance(value, str) else value
 
 
+def _sql_uuid_hex() -> str:
+    """``bambid_uuid_hex()`` for SQL: a new id, as ``models.new_conversation_id``."""
+    return uuid.uuid4().hex
+
+
 def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
@@ -145,9 +151,11 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration]) -> list[str]:
     ``StorageError`` if the database is newer than the newest migration or a
     migration fails (that migration is rolled back entirely).
 
-    Registers ``bambid_username_key(text)`` on ``conn`` for the migrations: SQL's
-    ``lower()`` folds ASCII only, ``models.username_key`` is ``str.casefold``."""
+    Registers ``bambid_username_key(text)`` on ``conn`` for the migrations (SQL's
+    ``lower()`` folds ASCII only, ``models.username_key`` is ``str.casefold``) and
+    ``bambid_uuid_hex()``, a new random id per call (``uuid.uuid4().hex``)."""
     conn.create_function("bambid_username_key", 1, _sql_username_key, deterministic=True)
+    conn.create_function("bambid_uuid_hex", 0, _sql_uuid_hex)
     latest = migrations[-1].version if migrations else 0
     current = _user_version(conn)
     if current > latest:
@@ -382,7 +390,37 @@ def _conversation_from_row(row: sqlite3.Row) -> Conversation:
         updated_at=row["updated_at"],
         turns=_turns_from_json(row["turns"]),
         metadata=json.loads(row["metadata"]),
+        conversation_id=row["conversation_id"],
     )
+
+
+def _conversation_to_row(conversation: Conversation) -> tuple[Any, ...]:
+    """The values of ``_CONVERSATION_COLUMNS`` for ``conversation``."""
+    return (
+        conversation.conversation_id,
+        username_key(conversation.owner),
+        conversation.owner,
+        conversation.title,
+        conversation.created_at,
+        conversation.updated_at,
+        _turns_to_json(conversation.turns),
+        _json(conversation.metadata),
+    )
+
+
+_CONVERSATION_COLUMNS = (
+    "conversation_id",
+    "owner_key",
+    "owner",
+    "title",
+    "created_at",
+    "updated_at",
+    "turns",
+    "metadata",
+)
+
+#: A person's conversations, current (updated last, then greatest id) first.
+_CONVERSATION_ORDER = " ORDER BY updated_at DESC, conversation_id DESC"
 
 
 @attrs.frozen
@@ -1182,32 +1220,54 @@ class SQLiteStorage(Storage):
     # -- companion conversations ----------------------------------------------------------
 
     async def save_conversation(self, conversation: Conversation) -> None:
+        values = _conversation_to_row(conversation)
+        columns = ", ".join(_CONVERSATION_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _CONVERSATION_COLUMNS[1:])
+        sql = (
+            f"INSERT INTO conversations ({columns})"
+            f" VALUES ({', '.join('?' for _ in values)})"
+            f" ON CONFLICT (conversation_id) DO UPDATE SET {updates}"
+        )
+
         def upsert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO conversations"
-                " (owner_key, owner, title, created_at, updated_at, turns, metadata)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    username_key(conversation.owner),
-                    conversation.owner,
-                    conversation.title,
-                    conversation.created_at,
-                    conversation.updated_at,
-                    _turns_to_json(conversation.turns),
-                    _json(conversation.metadata),
-                ),
-            )
+            conn.execute(sql, values)
 
         await self._submit(upsert, True)
 
     async def get_conversation(self, owner: str) -> Conversation | None:
+        conversations = await self.list_conversations(owner, 1)
+        return conversations[0] if conversations else None
+
+    async def get_conversation_by_id(self, conversation_id: str) -> Conversation | None:
         def select(conn: sqlite3.Connection) -> Conversation | None:
             row = conn.execute(
-                "SELECT * FROM conversations WHERE owner_key = ?", (username_key(owner),)
+                "SELECT * FROM conversations WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()
             return _conversation_from_row(row) if row else None
 
         return await self._submit(select, False)
+
+    async def list_conversations(self, owner: str, limit: int) -> list[Conversation]:
+        if limit <= 0:
+            return []
+        key = username_key(owner)
+
+        def select(conn: sqlite3.Connection) -> list[Conversation]:
+            rows = conn.execute(
+                f"SELECT * FROM conversations WHERE owner_key = ?{_CONVERSATION_ORDER} LIMIT ?",
+                (key, limit),
+            ).fetchall()
+            return [_conversation_from_row(row) for row in rows]
+
+        return await self._submit(select, False)
+
+    async def delete_conversations(self, owner: str) -> int:
+        key = username_key(owner)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM conversations WHERE owner_key = ?", (key,)).rowcount
+
+        return await self._submit(delete, True)
 
     # -- interaction logs -------------------------------------------------------------
 

@@ -33,17 +33,21 @@ def memory_rss_bytes() -> int:
 @attrs.define
 class HealthReporter:
     """Builds the health report. ``status`` is ``ok`` or ``down`` (storage
-    unreachable: answered with HTTP 503)."""
+    unreachable: answered with HTTP 503); only storage decides it.
+
+    ``ai_status``, when given, returns the ``ai`` section at once (the AI
+    backends are checked in the background, never while /health waits)."""
 
     storage: Storage
     clock: IReactorTime
     started_at: float
     connection_count: Callable[[], int]
     storage_timeout: float = 5.0
+    ai_status: Callable[[], dict[str, Any]] | None = None
 
     async def report(self) -> dict[str, Any]:
         storage = await self._check_storage()
-        return {
+        report = {
             "status": "ok" if storage["ok"] else "down",
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -53,6 +57,9 @@ class HealthReporter:
             "connections": self.connection_count(),
             "memory_rss_bytes": memory_rss_bytes(),
         }
+        if self.ai_status is not None:
+            report["ai"] = self.ai_status()
+        return report
 
     async def _check_storage(self) -> dict[str, Any]:
         started = self.clock.seconds()

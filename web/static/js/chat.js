@@ -15,6 +15,7 @@ import {
   markRemoved,
   sameName,
 } from "./chat-render.js";
+import { Companion } from "./companion.js";
 
 let MAX_LENGTH = 2000; // replaced by welcome.max_message_length
 let COUNTER_FROM = 1800; // 90 % of MAX_LENGTH
@@ -179,6 +180,10 @@ const connection = new Connection({
     if (!policy.retry && !app.banned) showBlocked(policy.why);
   },
 });
+
+// The companion panel shares the socket: it sees each message first and keeps
+// the ai.* ones and the answers to its own requests.
+connection.addListener(new Companion(document.getElementById("companion"), connection));
 
 function request(kind, message, extra) {
   const id = "c" + app.nextId++;

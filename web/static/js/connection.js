@@ -49,6 +49,9 @@ function reasonOf(text, word) {
  * ``handlers``: ``state(state, label, detail)`` for the connection badge,
  * ``hello()`` returning extra hello fields (``resume``), ``message(msg)`` for
  * every parsed server message, ``closed(policy)`` after each close.
+ *
+ * Other parts of the page (the companion panel) share the socket through
+ * ``addListener``.
  */
 export class Connection {
   constructor(handlers) {
@@ -60,6 +63,29 @@ export class Connection {
     this.stopped = false;
     this.problem = "";
     this.helloCount = 0;
+    this.listeners = [];
+  }
+
+  /**
+   * Another part of the page that uses this socket: ``listener.message(msg)``
+   * sees every server message before ``handlers.message`` and returns true for
+   * the ones it handled alone (its own requests' answers); ``state(state)`` and
+   * ``closed(policy)`` follow the connection. Each is optional.
+   */
+  addListener(listener) {
+    this.listeners.push(listener);
+  }
+
+  report(state, label, detail) {
+    this.handlers.state(state, label, detail);
+    for (const listener of this.listeners) if (listener.state) listener.state(state, label, detail);
+  }
+
+  dispatch(message) {
+    for (const listener of this.listeners) {
+      if (listener.message && listener.message(message) === true) return;
+    }
+    this.handlers.message(message);
   }
 
   start() {
@@ -73,7 +99,7 @@ export class Connection {
     window.clearTimeout(this.timer);
     this.problem = why;
     if (this.socket) this.socket.close(1000, "bye");
-    this.handlers.state("disconnected", "disconnected", why);
+    this.report("disconnected", "disconnected", why);
   }
 
   retryNow() {
@@ -92,7 +118,7 @@ export class Connection {
   connect() {
     this.timer = null;
     if (this.stopped) return;
-    this.handlers.state(
+    this.report(
       "connecting",
       "connecting…",
       this.problem ? this.problem + "; reconnecting…" : "",
@@ -127,13 +153,13 @@ export class Connection {
         this.ready = true;
         this.attempt = 0;
         this.problem = "";
-        this.handlers.state(
+        this.report(
           "connected",
           "connected",
           "bambid " + message.version + " · protocol " + message.protocol,
         );
       }
-      this.handlers.message(message);
+      this.dispatch(message);
     });
     socket.addEventListener("close", (event) => {
       if (socket !== this.socket) return;
@@ -145,6 +171,7 @@ export class Connection {
         policy = { why: this.problem, retry: true, minDelay: 0 };
       }
       this.handlers.closed(policy);
+      for (const listener of this.listeners) if (listener.closed) listener.closed(policy);
       if (this.stopped) return;
       if (!policy.retry) {
         this.stop(policy.why);
@@ -159,7 +186,7 @@ export class Connection {
     const delay = Math.max(policy.minDelay, backoff * (0.5 + Math.random() / 2));
     this.attempt += 1;
     this.problem = policy.why;
-    this.handlers.state(
+    this.report(
       "disconnected",
       "disconnected",
       policy.why + "; retrying in " + Math.max(1, Math.round(delay / 1000)) + " s",
