@@ -10,11 +10,13 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+from playwright.sync_api import Browser
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 
 from bambid import config as configuration
 from bambid.service import BambidService
+from tests.browsersupport import launch, screenshot_dir
 from tests.daemon import Daemon
 
 
@@ -64,3 +66,16 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     workdir = tmp_path_factory.mktemp("daemon")
     with Daemon.start(workdir) as running_daemon:
         yield running_daemon
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium, one per test module."""
+    with launch() as instance:
+        yield instance
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where screenshots go (see ``browsersupport.screenshot_dir``)."""
+    return screenshot_dir(tmp_path)

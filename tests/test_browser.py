@@ -6,49 +6,21 @@ test_browser_chat.py."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser
 
+from tests.browsersupport import watch
 from tests.daemon import Daemon
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield instance
-        instance.close()
 
 
 def test_home_page_connects(browser: Browser, tmp_path: Path) -> None:
     with Daemon.start(tmp_path) as daemon:
         page = browser.new_page()
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
+        problems, dialogs = watch(page)
         page.goto(daemon.http + "/")
         state = page.locator("#connection-state")
         page.wait_for_selector("#connection-state[data-state=connected]", timeout=15000)
@@ -59,7 +31,7 @@ def test_home_page_connects(browser: Browser, tmp_path: Path) -> None:
             page.evaluate("getComputedStyle(document.querySelector('.navbar')).display") == "flex"
         )
         page.screenshot(path=str(tmp_path / "home.png"))
-        assert problems == []
+        assert (problems, dialogs) == ([], [])
         page.close()
 
 

@@ -18,9 +18,7 @@ daemon without seeing each other's messages.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,8 +30,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect
 
 from bambid.chat.text import remove_control_characters
+from tests.browsersupport import watch
 from tests.daemon import Daemon
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -132,33 +130,9 @@ async (frames) => {
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield instance
-        instance.close()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     with Daemon.start(tmp_path_factory.mktemp("chat-daemon"), env=DAEMON_ENV) as daemon:
         yield daemon
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    """Where screenshots go: ``BAMBID_SCREENSHOT_DIR`` to keep them, else tmp."""
-    kept = os.environ.get("BAMBID_SCREENSHOT_DIR")
-    if kept:
-        Path(kept).mkdir(parents=True, exist_ok=True)
-        return Path(kept)
-    return tmp_path
 
 
 @attrs.define
@@ -247,20 +221,7 @@ def open_chat(browser: Browser, server: Daemon) -> Iterator[OpenChat]:
             )
             assert answer.status == 201, answer.text()
         page = context.new_page()
-        problems: list[str] = []
-        dialogs: list[str] = []
-        page.on(
-            "console",
-            lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None,
-        )
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-
-        def on_dialog(dialog: Any) -> None:
-            dialogs.append(dialog.message)
-            dialog.dismiss()
-
-        page.on("dialog", on_dialog)
-        page.add_init_script(script=WATCH_SCRIPT)
+        problems, dialogs = watch(page, WATCH_SCRIPT)
         if before is not None:
             before(page)
         page.goto(f"{server.http}/#{room}")

@@ -23,9 +23,7 @@ first use); every test uses its own people.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,9 +39,9 @@ import attrs
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect
 
+from tests.browsersupport import watch
 from tests.daemon import REPO, Daemon, daemon_environment
 from tests.fakellm import NORMAL_REPLY
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_browser_chat import CONTRAST_JS, SocketCutter
 
 pytestmark = pytest.mark.slow
@@ -176,30 +174,6 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str],
         yield get
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield instance
-        instance.close()
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    """Where screenshots go: ``BAMBID_SCREENSHOT_DIR`` to keep them, else tmp."""
-    kept = os.environ.get("BAMBID_SCREENSHOT_DIR")
-    if kept:
-        Path(kept).mkdir(parents=True, exist_ok=True)
-        return Path(kept)
-    return tmp_path
-
-
 # --- people and their tabs ---------------------------------------------------------------------
 
 
@@ -282,20 +256,7 @@ class People:
         ready: bool = True,
     ) -> Tab:
         page = context.new_page()
-        problems: list[str] = []
-        dialogs: list[str] = []
-        page.on(
-            "console",
-            lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None,
-        )
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-
-        def on_dialog(dialog: Any) -> None:
-            dialogs.append(dialog.message)
-            dialog.dismiss()
-
-        page.on("dialog", on_dialog)
-        page.add_init_script(script=WATCH_SCRIPT)
+        problems, dialogs = watch(page, WATCH_SCRIPT)
         if before is not None:
             before(page)
         page.goto(server.http + "/")
