@@ -211,6 +211,10 @@ class AIInteraction:
     timestamp: float
     connection_id: str = ""
     error: str | None = None
+    model: str = ""
+    backend: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @attrs.frozen

@@ -982,6 +982,10 @@ class StorageContract:
                 timestamp=timestamp,
                 connection_id=f"conn-{n}",
                 error=None if n % 2 else f"error {n}",
+                model=f"model-{n}",
+                backend=f"http://backend-{n}.example/v1",
+                prompt_tokens=10 * n,
+                completion_tokens=n,
             )
         if kind is AudioInteraction:
             return AudioInteraction(username, "trigger", f"sound {n}", timestamp, {"n": n})

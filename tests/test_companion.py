@@ -94,6 +94,9 @@ async def test_reply_streams_in_order_to_every_tab(tmp_path: Path) -> None:
         assert record.output_data == NORMAL_REPLY
         assert record.error is None
         assert record.duration >= 0
+        assert (record.model, record.backend) == ("fake-model", fake.url)
+        assert record.prompt_tokens == 10
+        assert record.completion_tokens > 0
         # The backend got the persona and the prompt, nothing else.
         (request,) = fake.chat_requests
         assert [m["role"] for m in request.body["messages"]] == ["system", "user"]

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -597,6 +597,10 @@ class Companion:
                     timestamp=reply.accepted_at,
                     connection_id=reply.connection_id,
                     error=error,
+                    model=reply.model or "",
+                    backend=reply.backend or "",
+                    prompt_tokens=_tokens(usage, "prompt_tokens"),
+                    completion_tokens=_tokens(usage, "completion_tokens"),
                 )
             )
         except Exception:
@@ -765,3 +769,9 @@ def _without_last_reply(conversation: Conversation) -> Conversation:
         turns=conversation.turns[:-1],
         metadata={**conversation.metadata, "replies": replies},
     )
+
+
+def _tokens(usage: Mapping[str, Any] | None, key: str) -> int:
+    """A token count from the backend's ``usage`` (0 when absent or odd)."""
+    value = (usage or {}).get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

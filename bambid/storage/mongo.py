@@ -518,6 +518,10 @@ def ai_interaction_to_document(entry: AIInteraction) -> Document:
         "timestamp": to_datetime(entry.timestamp),
         "connection_id": entry.connection_id,
         "error": entry.error,
+        "model": entry.model,
+        "backend": entry.backend,
+        "prompt_tokens": entry.prompt_tokens,
+        "completion_tokens": entry.completion_tokens,
     }
 
 
@@ -531,6 +535,10 @@ def ai_interaction_from_document(doc: Mapping[str, Any]) -> AIInteraction:
         timestamp=from_datetime(doc["timestamp"]),
         connection_id=doc.get("connection_id", ""),
         error=doc.get("error"),
+        model=doc.get("model", ""),
+        backend=doc.get("backend", ""),
+        prompt_tokens=int(doc.get("prompt_tokens", 0)),
+        completion_tokens=int(doc.get("completion_tokens", 0)),
     )
 
 

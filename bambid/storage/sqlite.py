@@ -444,6 +444,10 @@ def _ai_to_row(e: AIInteraction) -> tuple[Any, ...]:
         e.timestamp,
         e.connection_id,
         e.error,
+        e.model,
+        e.backend,
+        e.prompt_tokens,
+        e.completion_tokens,
     )
 
 
@@ -457,6 +461,10 @@ def _ai_from_row(row: sqlite3.Row) -> AIInteraction:
         timestamp=row["timestamp"],
         connection_id=row["connection_id"],
         error=row["error"],
+        model=row["model"],
+        backend=row["backend"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
     )
 
 
@@ -527,6 +535,10 @@ _LOG_TABLES: dict[type[Any], _LogTable] = {
             "timestamp",
             "connection_id",
             "error",
+            "model",
+            "backend",
+            "prompt_tokens",
+            "completion_tokens",
         ),
         _ai_to_row,
         _ai_from_row,
