@@ -7,7 +7,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 APT_PACKAGES := espeak-ng ffmpeg redis-server chromium
 SOURCES := $(shell find bambid web twisted etc -type f -not -name '*.pyc' 2>/dev/null) setup.cfg pyproject.toml
 
-.PHONY: run test lint typecheck pytest apt-deps services bench clean
+.PHONY: run test lint typecheck pytest apt-deps bench bench-ws bench-chat bench-ai clean
 
 # --- environment ---------------------------------------------------------------
 
@@ -59,8 +59,18 @@ pytest: $(VENV)/.installed
 test: apt-deps $(VENV)/.installed
 	$(MAKE) --no-print-directory lint typecheck pytest
 
+# Benchmarks (docs/benchmarks.md records their results and arguments).
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.storage_bench
+
+bench-ws: $(VENV)/.installed
+	$(BIN)/python -m bench.ws_bench
+
+bench-chat: $(VENV)/.installed
+	$(BIN)/python -m bench.chat_fanout
+
+bench-ai: $(VENV)/.installed
+	$(BIN)/python -m bench.ai_overhead
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
