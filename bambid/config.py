@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from bambid.models import username_key
+
 
 class ConfigError(Exception):
     """A configuration value is missing or wrong; ``str()`` names the key."""
@@ -213,6 +215,11 @@ class AuthConfig:
     guest_session_days: float = setting(1.0, _at_least(0.01))
     login_burst: int = setting(5, _at_least(1))
     login_per_minute: float = setting(5.0, _at_least(0.01))
+
+    @property
+    def admin_keys(self) -> frozenset[str]:
+        """The configured admins as username keys (case-insensitive identity)."""
+        return frozenset(username_key(name) for name in self.admins)
 
 
 @attrs.frozen

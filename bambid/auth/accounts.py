@@ -215,7 +215,7 @@ class AccountService:
         self.auth = auth
         self.allow_guests = chat.allow_guests
         self.xp_table = XpTable.from_config(xp)
-        self.admins = frozenset(username_key(name) for name in auth.admins)
+        self.admins = auth.admin_keys
         self.session_lifetime = auth.session_days * DAY
         self.guest_lifetime = auth.guest_session_days * DAY
         self.throttle = FailureThrottle(clock, auth.login_per_minute / 60.0, auth.login_burst)

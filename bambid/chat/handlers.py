@@ -31,7 +31,7 @@ from bambid.chat.text import TextCleaner, TextRejected, WordFilter
 from bambid.config import Config, ConfigError
 from bambid.handshake import HelloHandler
 from bambid.identity import Identity
-from bambid.models import ChatMessage, LinkRef, NewChatMessage, UserTagInteraction, username_key
+from bambid.models import ChatMessage, LinkRef, NewChatMessage, UserTagInteraction
 from bambid.profiles.xp import XpService, XpTable
 from bambid.ratelimit import KeyedLimiter
 from bambid.storage import Storage
@@ -74,7 +74,7 @@ class ChatServices:
         self.cleaner = cleaner
         self.moderation = moderation
         self.xp = xp
-        self.admins = frozenset(username_key(n) for n in config.auth.admins)
+        self.admins = config.auth.admin_keys
         limits = config.limits
         self.chat_limiter = KeyedLimiter(clock, limits.chat_per_second, limits.chat_burst)
         self._strikes: dict[str, int] = {}
@@ -95,7 +95,7 @@ class ChatServices:
             links = LinkChecker.load(chat.link_denylist_file)
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError("chat.link_denylist_file", f"cannot read it: {e}") from None
-        admins = frozenset(username_key(n) for n in config.auth.admins)
+        admins = config.auth.admin_keys
         hub = ChatHub(storage, clock, chat, prepare, links, admins)
         cleaner = TextCleaner(word_filter, chat.max_message_length)
         moderation = Moderation(storage, clock, hub, cleaner, admins)
