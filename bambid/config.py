@@ -155,12 +155,30 @@ class AIConfig:
 
 @attrs.frozen
 class VoiceConfig:
-    """[voice]: text to speech (used from issue 5 on)."""
+    """[voice]: text to speech (docs/voice.md)."""
 
     backend: str = setting("", _one_of("", "espeak", "kokoro"))
     url: str = setting("", _http_url)
     default_voice: str = setting("")
     api_key: str = setting("", secret=True)
+    format: str = setting("mp3", _one_of("mp3", "opus", "aac", "flac", "wav"))
+    speed: float = setting(1.0, _between(0.25, 4.0))
+    fallback: bool = setting(True)
+    speak_replies: bool = setting(True)
+    connect_timeout: float = setting(5.0, _at_least(0.1))
+    first_byte_timeout: float = setting(30.0, _at_least(0.1))
+    idle_timeout: float = setting(15.0, _at_least(0.1))
+    total_timeout: float = setting(60.0, _at_least(1))
+    max_audio_bytes: int = setting(16777216, _at_least(65536))
+    concurrency: int = setting(2, _at_least(1))
+    max_text_length: int = setting(500, _at_least(20))
+    max_sentence_length: int = setting(250, _at_least(20))
+    cache_dir: str = setting("var/tts-cache")
+    cache_max_mb: int = setting(256, _at_least(1))
+    espeak_command: str = setting("espeak-ng")
+    ffmpeg_command: str = setting("ffmpeg")
+    api_burst: int = setting(10, _at_least(1))
+    api_per_minute: float = setting(30.0, _at_least(0.1))
 
     @property
     def effective_backend(self) -> str:
@@ -327,6 +345,8 @@ def _apply_legacy_environment(raw: dict[str, dict[str, Any]], env: Mapping[str, 
         raw["voice"]["url"] = f"http://{host}:{port}/v1"
     if "KOKORO_DEFAULT_VOICE" in env:
         raw["voice"]["default_voice"] = env["KOKORO_DEFAULT_VOICE"]
+    if "KOKORO_API_KEY" in env and env["KOKORO_API_KEY"] != "not-needed":
+        raw["voice"]["api_key"] = env["KOKORO_API_KEY"]
     if "LMS_HOST" in env or "LMS_PORT" in env:
         host = env.get("LMS_HOST", "127.0.0.1")
         port = env.get("LMS_PORT", "1234")

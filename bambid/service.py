@@ -1,10 +1,12 @@
 """The one place that wires bambid together, and its start/stop order.
 
-Start: open storage (migrations, indexes), start the AI health checks, then
-listen. Stop (SIGTERM/SIGINT): stop listening, close every WebSocket with 1001
-and wait for them (at most ``server.shutdown_timeout``), stop the AI health
-checks and every AI reply (each stored, marked stopped), then let storage
-finish its queued writes and close. A failure to start is logged as one
+Start: open storage (migrations, indexes), open the audio cache and start the
+AI and TTS health checks, then listen. Stop (SIGTERM/SIGINT): stop listening,
+close every WebSocket with 1001 and wait for them (at most
+``server.shutdown_timeout``), stop the AI health checks and every AI reply
+(each stored, marked stopped; its speech cancelled), then stop voice (health
+checks, synthesis records, espeak-ng processes), then let storage finish its
+queued writes and close. A failure to start is logged as one
 critical line and the process exits with status 1.
 """
 
@@ -30,6 +32,7 @@ from bambid.chat.handlers import ChatServices
 from bambid.config import Config, ConfigError
 from bambid.storage import Storage
 from bambid.storage.factory import make_storage
+from bambid.voice.handlers import VoiceServices
 from bambid.web.admin_routes import install_admin_routes
 from bambid.web.app import WebApp
 from bambid.web.assets import template_environment
@@ -37,6 +40,7 @@ from bambid.web.auth_routes import install_auth_routes
 from bambid.web.health import HealthReporter
 from bambid.web.links_routes import install_link_routes
 from bambid.web.site import BambidSite
+from bambid.web.voice_routes import install_voice_routes
 from bambid.ws.dispatch import Dispatcher
 from bambid.ws.protocol import BambidWebSocketFactory
 
@@ -72,6 +76,11 @@ class BambidService(MultiService):
         self.chat = ChatServices.build(config, self.storage, reactor, self.ws_factory.prepare)
         self.chat.register(self.dispatcher)
         self.ws_factory.close_listeners.append(self.chat.hub.forget)
+        # Voice (bambid.voice): speaks the companion's replies to the hub's people.
+        self.voice = VoiceServices.build(
+            config.voice, self.storage, reactor, self.chat.hub, base_dir
+        )
+        self.voice.register(self.dispatcher)
         # The AI companion (bambid.ai): after the hub, whose forget must run
         # first when a connection closes.
         self.companion = CompanionServices.build(
@@ -81,15 +90,18 @@ class BambidService(MultiService):
             self.chat.hub,
             self.chat.cleaner.word_filter,
             self.chat.xp,
+            voice=self.voice.pipeline,
         )
         self.companion.register(self.dispatcher)
         self.ws_factory.close_listeners.append(self.companion.connection_closed)
+        self.ws_factory.close_listeners.append(self.voice.connection_closed)
         self.health = HealthReporter(
             storage=self.storage,
             clock=reactor,
             started_at=reactor.seconds(),
             connection_count=lambda: len(self.ws_factory.connections),
             ai_status=self.companion.health_report,
+            voice_status=self.voice.health_report,
         )
         self.web = WebApp(template_environment(), self.health, self.ws_factory)
         self.accounts = AccountService(
@@ -100,6 +112,7 @@ class BambidService(MultiService):
             self.web, self.auth_routes, moderation=self.chat.moderation
         )
         install_link_routes(self.web, self.storage, reactor, self.chat.admins, self.chat.hub.links)
+        install_voice_routes(self.web, self.voice, self.auth_routes.identify, reactor)
         self.site = BambidSite(
             self.web.resource(),
             max_body_size=config.server.max_body_size,
@@ -119,6 +132,7 @@ class BambidService(MultiService):
         self.accounts.start()
         await self.chat.start()
         self.companion.start()
+        await self.voice.start()
         self.port = await self.endpoint.listen(self.site)
         if self.freeze_heap:
             gc.collect()
@@ -147,6 +161,7 @@ class BambidService(MultiService):
         await self._close_websockets()
         # Replies are stopped and stored while storage is still open.
         await self.companion.stop()
+        await self.voice.stop()
         self.chat.stop()
         await self.accounts.stop()
         await self.storage.close()

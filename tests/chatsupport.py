@@ -29,7 +29,7 @@ async def chat_server(tmp_path: Path, **sections: dict[str, Any]) -> AsyncIterat
     ``limits={"chat_burst": 100}``; stopped on exit. Posting earns no XP
     unless ``xp`` says otherwise (``xp.update`` frames would interleave)."""
     config = make_config(tmp_path)
-    sections = {"xp": {"chat_message": 0}, **sections}
+    sections = {"xp": {"chat_message": 0}, "voice": {"speak_replies": False}, **sections}
     for name, values in sections.items():
         config = attrs.evolve(config, **{name: attrs.evolve(getattr(config, name), **values)})
     service = BambidService(config, reactor, base_dir=tmp_path)

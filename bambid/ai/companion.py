@@ -40,6 +40,15 @@ streaming one has its upstream HTTP connection closed. ``ai.stop``, the grace
 period (the person's last connection gone for ``ai.grace_seconds``, clock
 injected) and shutdown stop a reply the same way; the partial text is kept,
 marked stopped.
+
+Voice (``bambid.voice.pipeline``, when a ``VoicePipeline`` is given): once a
+reply is accepted, ``voice.begin`` gives its ``ReplyVoice`` (None when the
+person has speech off; a failure there is logged and the reply goes on
+without speech). Every delta is fed to it after its ``ai.delta`` is sent. A
+stop cancels it at once (pending speech dropped, ``voice.done`` stopped); any
+other end finishes it (the last sentence is spoken) as soon as the generation
+is over, before the turn is stored, so ``voice.done`` may reach the tabs
+before or after ``ai.done``. Speech never changes the reply's text or outcome.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from twisted.internet import defer
@@ -73,6 +82,9 @@ from bambid.models import AIInteraction, Conversation, ConversationTurn, usernam
 from bambid.profiles.xp import XpService
 from bambid.storage import Storage
 from bambid.ws.dispatch import ClientError, Connection
+
+if TYPE_CHECKING:
+    from bambid.voice.pipeline import ReplyVoice, VoicePipeline
 
 #: ``ai.conversations`` lists at most this many.
 CONVERSATIONS_LIMIT = 50
@@ -166,6 +178,7 @@ class _Reply:
     generation: Deferred[Generated] | None = None
     stop_reason: str | None = None
     finished: Deferred[None] = attrs.Factory(Deferred)
+    voice: ReplyVoice | None = None
 
     @property
     def index(self) -> int:
@@ -205,6 +218,8 @@ class _ReplyListener:
         self.companion._to_person(
             reply.person, "ai.delta", reply_id=reply.reply_id, index=reply.index, text=text
         )
+        if reply.voice is not None:
+            reply.voice.feed(text)
 
 
 class Companion:
@@ -225,6 +240,8 @@ class Companion:
         router: Router,
         triggers_of: Callable[[Identity], list[PersonaTrigger]] | None = None,
         collar_of: Callable[[Identity], str] | None = None,
+        *,
+        voice: VoicePipeline | None = None,
     ) -> None:
         self.config = config
         self.storage = storage
@@ -236,6 +253,7 @@ class Companion:
         self.router = router
         self.triggers_of = triggers_of or (lambda identity: [])
         self.collar_of = collar_of or (lambda identity: "")
+        self.voice = voice
         self._people: dict[str, _Person] = {}
         self._tasks: set[Deferred[None]] = set()
         self._stopping = False
@@ -426,6 +444,11 @@ class Companion:
             person.conversation = conversation
         self._cancel_grace(person)
         reply.admission = admission
+        if self.voice is not None:
+            try:
+                reply.voice = await self.voice.begin(identity, reply.reply_id)
+            except Exception:
+                self._log.failure("no speech for reply {id}", id=reply.reply_id)
         return reply
 
     def _admit(self) -> Admission:
@@ -482,6 +505,11 @@ class Companion:
         if reply.stop_reason is not None and outcome.error not in (None, "internal"):
             # A stop can surface as the client's own error; it is still a stop.
             outcome = _Outcome("stopped", "".join(reply.parts))
+        if reply.voice is not None:
+            if outcome.stopped:
+                reply.voice.cancel()
+            else:
+                reply.voice.finish()
         await self._finish(reply, outcome)
 
     def _unavailable(self, reply: _Reply, error: AllBackendsFailed) -> _Outcome:
@@ -622,6 +650,8 @@ class Companion:
         """Stop a reply: cancel its generation (a no-op once it has ended)."""
         if reply.stop_reason is None:
             reply.stop_reason = why
+        if reply.voice is not None:
+            reply.voice.cancel()
         if reply.generation is not None and not reply.generation.called:
             reply.generation.cancel()
 

@@ -12,7 +12,7 @@ background, so the same connection can send ``ai.stop`` meanwhile.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -26,6 +26,9 @@ from bambid.identity import Identity
 from bambid.profiles.xp import XpService
 from bambid.storage import Storage
 from bambid.ws.dispatch import ClientError, Connection, Dispatcher
+
+if TYPE_CHECKING:
+    from bambid.voice.pipeline import VoicePipeline
 
 
 def _identity(connection: Connection) -> Identity:
@@ -57,10 +60,12 @@ class CompanionServices:
         people: People,
         word_filter: WordFilter,
         xp: XpService,
+        *,
+        voice: VoicePipeline | None = None,
     ) -> CompanionServices:
         """Everything from ``[ai]``: one ``LLMBackend`` per URL (``url``, then
         ``fallback_urls``; empty ones skipped). ``ConfigError`` when the persona
-        template cannot be read or is broken."""
+        template cannot be read or is broken. ``voice`` speaks the replies."""
         persona = Persona.load(config.persona_file)
         params = GenerationParams.from_config(config)
         timeouts = Timeouts.from_config(config)
@@ -75,7 +80,9 @@ class CompanionServices:
         )
         monitor = HealthMonitor(router, clock, config.health_interval)
         cleaner = TextCleaner(word_filter, config.max_prompt_length)
-        companion = Companion(config, storage, clock, people, xp, cleaner, persona, router)
+        companion = Companion(
+            config, storage, clock, people, xp, cleaner, persona, router, voice=voice
+        )
         return cls(companion, router, monitor)
 
     def register(self, dispatcher: Dispatcher) -> None:

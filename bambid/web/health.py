@@ -35,8 +35,9 @@ class HealthReporter:
     """Builds the health report. ``status`` is ``ok`` or ``down`` (storage
     unreachable: answered with HTTP 503); only storage decides it.
 
-    ``ai_status``, when given, returns the ``ai`` section at once (the AI
-    backends are checked in the background, never while /health waits)."""
+    ``ai_status`` and ``voice_status``, when given, return the ``ai`` and
+    ``voice`` sections at once (the AI and TTS backends are checked in the
+    background, never while /health waits)."""
 
     storage: Storage
     clock: IReactorTime
@@ -44,6 +45,7 @@ class HealthReporter:
     connection_count: Callable[[], int]
     storage_timeout: float = 5.0
     ai_status: Callable[[], dict[str, Any]] | None = None
+    voice_status: Callable[[], dict[str, Any]] | None = None
 
     async def report(self) -> dict[str, Any]:
         storage = await self._check_storage()
@@ -59,6 +61,8 @@ class HealthReporter:
         }
         if self.ai_status is not None:
             report["ai"] = self.ai_status()
+        if self.voice_status is not None:
+            report["voice"] = self.voice_status()
         return report
 
     async def _check_storage(self) -> dict[str, Any]:

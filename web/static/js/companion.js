@@ -12,9 +12,14 @@
 // the first delta after an ``ai.start`` holds all the text so far); after every
 // ``welcome`` (a reload or a reconnect) the panel asks ``ai.history`` again, so a
 // reply in progress resumes where it is.
+//
+// The companion's voice (voice.js) lives in the panel: it gets every
+// ``voice.*`` frame and the answers to its own requests (ids "voice-N"), and is
+// told when a reply starts, is stopped, or is rendered again.
 
 import { element as el } from "./chat-render.js";
 import { renderMarkdown } from "./companion-markdown.js";
+import { Voice } from "./voice.js";
 
 const DEFAULT_MAX_PROMPT = 4000; // ai.max_prompt_length; welcome may say otherwise
 const SLOW_RENDER_CHARS = 20000; // longer replies re-render at most every 150 ms
@@ -192,6 +197,8 @@ export class Companion {
     this.nextId = 1;
     this.resynced = new Set(); // reply ids we already asked ai.history about
     this.stuck = true; // the log shows its end: keep it there as it grows
+    this.replyItems = new Map(); // reply id -> its <li>, for the voice's highlight
+    this.voice = new Voice(connection, (replyId) => this.replyBody(replyId));
     this.wire();
     this.update();
   }
@@ -216,11 +223,13 @@ export class Companion {
     }
     this.regenerating = null;
     this.requests.clear();
+    this.voice.closed();
     if (this.reply) this.setNote(this.reply, "Connection lost: reconnecting…", "wait");
     this.update();
   }
 
   message(m) {
+    if (this.voice.message(m)) return true;
     switch (m.type) {
       case "welcome":
         this.onWelcome(m);
@@ -273,6 +282,7 @@ export class Companion {
     if (Number.isInteger(limit) && limit > 0) this.maxPrompt = limit;
     this.connected = true;
     if (this.user && !this.disabled) this.requestHistory();
+    this.voice.welcome(Boolean(this.user) && !this.disabled); // asks voice.prefs after ai.history
     this.update();
   }
 
@@ -380,6 +390,9 @@ export class Companion {
     if (m.id !== undefined) this.requests.delete(m.id);
     const switched =
       typeof m.conversation_id === "string" && m.conversation_id !== this.conversationId;
+    // Another conversation (new, or a past one loaded): the old one stops speaking.
+    if (switched && this.conversationId !== null) this.voice.stop();
+    this.replyItems.clear();
     this.conversationId = typeof m.conversation_id === "string" ? m.conversation_id : null;
     this.setTitle(typeof m.title === "string" ? m.title : "");
     // The stored conversation replaces what the panel shows. A reply still in
@@ -523,6 +536,7 @@ export class Companion {
     }
     if (typeof m.text === "string") reply.text = m.text;
     const stopped = m.finish_reason === "stopped";
+    if (stopped) this.voice.stopReply(reply.id); // stopped here or in another tab
     this.finishReply(reply);
     if (stopped) {
       markStopped(reply.li);
@@ -583,7 +597,16 @@ export class Companion {
     };
     this.ui.turns.appendChild(li);
     this.scrollToEnd();
+    this.replyItems.set(id, li);
+    if (this.replyItems.size > 20) this.replyItems.delete(this.replyItems.keys().next().value);
+    this.voice.startReply(id); // the previous reply's pending speech goes
     return this.reply;
+  }
+
+  /** The element holding a reply's rendered text, while it is on the page. */
+  replyBody(replyId) {
+    const li = this.replyItems.get(replyId);
+    return li && li.isConnected ? li.querySelector(".cturn-body") : null;
   }
 
   /** Our own prompt (shown while its request was in flight) is this reply's prompt. */
@@ -666,6 +689,7 @@ export class Companion {
   renderReply(reply) {
     const stick = this.stuck || this.atBottom();
     reply.body.replaceChildren(renderMarkdown(reply.text));
+    this.voice.rendered(reply.id);
     if (stick) this.scrollToEnd();
   }
 
@@ -744,6 +768,7 @@ export class Companion {
   stop() {
     const reply = this.reply;
     if (!reply) return;
+    this.voice.stopReply(reply.id); // silent at once, whatever the server answers
     if (this.request("stop", { type: "ai.stop", reply_id: reply.id })) {
       this.ui.stop.disabled = true;
       this.ui.stop.textContent = "Stopping…";
@@ -811,6 +836,7 @@ export class Companion {
     ui.composer.hidden = !ready;
     ui.tools.hidden = !ready;
     ui.controls.hidden = !ready;
+    this.voice.setReady(ready);
     ui.signin.hidden = !this.welcomed || signedIn || this.disabled;
     ui.unavailable.hidden = !this.disabled;
     ui.log.hidden = !ready && this.turns.length === 0;

@@ -1,0 +1,251 @@
+"""The WebSocket handlers of voice settings, and the object that builds and
+holds the voice parts (``VoiceServices``).
+
+Registered types: ``voice.prefs`` and ``voice.set`` (docs/protocol.md,
+"Voice"); both need a signed-in person (``unauthenticated``). ``voice.set``
+takes any of ``enabled`` (bool), ``voice`` (a voice id from ``/api/voices``,
+or "" for the default) and ``speed`` (a number, 0.25-4.0); anything else is
+``bad_request`` and nothing is changed. The sender gets the ``ack``, then
+every tab of the person gets ``voice.prefs`` (without ``id``).
+
+``VoiceServices.build`` makes the backends from ``[voice]``: Kokoro-FastAPI
+(``backend = "kokoro"``, or a ``url`` set) with espeak-ng as its fallback
+when ``voice.fallback`` is on, else espeak-ng alone; the audio cache in
+``voice.cache_dir`` (relative to the base directory unless absolute), capped
+at ``voice.cache_max_mb``; then ``Speech``, the preferences and the reply
+pipeline. The backends are checked every ``HEALTH_INTERVAL`` seconds in the
+background, so ``health_report()`` answers at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from bambid.config import VoiceConfig
+from bambid.identity import Identity
+from bambid.storage import Storage
+from bambid.voice.backend import TTSBackend, TTSError
+from bambid.voice.cache import AudioCache
+from bambid.voice.espeak import EspeakBackend
+from bambid.voice.kokoro import KokoroBackend
+from bambid.voice.pipeline import VoicePipeline
+from bambid.voice.preferences import VoicePreferences
+from bambid.voice.speech import Speech
+from bambid.ws.dispatch import ClientError, Connection, Dispatcher
+
+#: Seconds between background health checks of the TTS backends.
+HEALTH_INTERVAL = 60.0
+#: Seconds ``stop()`` waits for killed espeak-ng processes to be reaped.
+REAP_TIMEOUT = 5.0
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+MAX_VOICE_LENGTH = 100
+
+
+class People(Protocol):
+    """What voice needs of the chat hub."""
+
+    def connections_of(self, username: str) -> list[Connection]: ...
+
+    def send_to_person(self, username: str, type: str, **fields: Any) -> int: ...
+
+
+def _identity(connection: Connection) -> Identity:
+    if connection.identity is None:
+        raise ClientError("unauthenticated", "sign in or join as a guest to choose a voice")
+    return connection.identity
+
+
+def valid_speed(value: Any) -> float | None:
+    """``value`` as a speed if it is a number within 0.25-4.0, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    speed = float(value)
+    if not math.isfinite(speed) or not MIN_SPEED <= speed <= MAX_SPEED:
+        return None
+    return speed
+
+
+class VoiceServices:
+    """The backends, cache, speech, preferences and pipeline; the handlers."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: VoiceConfig,
+        speech: Speech,
+        preferences: VoicePreferences,
+        pipeline: VoicePipeline,
+        people: People,
+        clock: IReactorTime,
+    ) -> None:
+        self.config = config
+        self.speech = speech
+        self.cache = speech.cache
+        self.preferences = preferences
+        self.pipeline = pipeline
+        self.people = people
+        self.clock = clock
+        self._health: dict[str, Any] | None = None
+        self._checked_at: float | None = None
+        self._loop = LoopingCall(self._check)
+        self._loop.clock = clock
+        self._looping: Deferred[Any] | None = None
+        self._checking: Deferred[None] | None = None
+
+    @classmethod
+    def build(
+        cls, config: VoiceConfig, storage: Storage, reactor: Any, people: People, base_dir: Path
+    ) -> VoiceServices:
+        """Everything from ``[voice]`` (see the module doc)."""
+        primary: TTSBackend
+        fallback: TTSBackend | None = None
+        if config.effective_backend == "kokoro":
+            primary = KokoroBackend.from_config(config, reactor)
+            if config.fallback:
+                fallback = EspeakBackend.from_config(config, reactor, as_fallback=True)
+        else:
+            primary = EspeakBackend.from_config(config, reactor, as_fallback=False)
+        directory = Path(config.cache_dir)
+        if not directory.is_absolute():
+            directory = base_dir / directory
+        cache = AudioCache(directory, config.cache_max_mb * 1024 * 1024, reactor)
+        clock: IReactorTime = reactor
+        speech = Speech(primary, fallback, cache, config, storage, clock)
+        preferences = VoicePreferences(storage, clock, config, primary.default_voice)
+        pipeline = VoicePipeline(speech, people, preferences)
+        return cls(config, speech, preferences, pipeline, people, clock)
+
+    def register(self, dispatcher: Dispatcher) -> None:
+        dispatcher.register("voice.prefs", self.prefs)
+        dispatcher.register("voice.set", self.set)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the cache (before the server listens); start the health checks."""
+        await self.cache.open()
+        self._looping = self._loop.start(HEALTH_INTERVAL, now=True)
+        self._looping.addErrback(lambda f: self._log.failure("voice health checks stopped", f))
+
+    async def stop(self) -> None:
+        """Stop the health checks; wait for the records being written, the
+        cache's background work and the espeak-ng processes to be reaped.
+        Called after the companion stopped (its replies' speech is cancelled
+        by then)."""
+        if self._loop.running:
+            self._loop.stop()
+        if self._checking is not None:
+            self._checking.cancel()
+        await self.speech.close()
+        await self.cache.idle()
+        idle = [
+            backend.idle()
+            for backend in (self.speech.primary, self.speech.fallback)
+            if isinstance(backend, EspeakBackend)
+        ]
+        if idle:
+            waiting: Deferred[Any] = defer.DeferredList(idle, consumeErrors=True)
+            waiting.addTimeout(REAP_TIMEOUT, self.clock)
+            try:
+                await waiting
+            except defer.TimeoutError:
+                self._log.warn("espeak-ng processes were still running at shutdown")
+
+    def _check(self) -> Deferred[None]:
+        checking = Deferred.fromCoroutine(self._check_now())
+        self._checking = checking
+        checking.addErrback(lambda f: f.trap(defer.CancelledError))
+        checking.addErrback(lambda f: self._log.failure("voice health check failed", f))
+
+        def over(_: object) -> None:
+            if self._checking is checking:
+                self._checking = None
+
+        checking.addBoth(over)
+        return checking
+
+    async def _check_now(self) -> None:
+        self._health = await self.speech.health()
+        self._checked_at = self.clock.seconds()
+
+    def health_report(self) -> dict[str, Any]:
+        """The ``voice`` section of ``/health/api``: the last background check,
+        with the cache figures and the fallback state as they are now."""
+        speech = self.speech
+        report: dict[str, Any] = {
+            "backend": speech.primary.name,
+            "default_voice": speech.primary.default_voice,
+            "format": speech.primary.format,
+            "reachable": None,
+            "latency_ms": None,
+            "voices": None,
+            "error": "not checked yet",
+            "fallback": None,
+        }
+        if self._health is not None:
+            report.update(self._health)
+        report["speaking_with_fallback"] = speech.outage
+        report["cache"] = self.cache.stats()
+        report["checked_at"] = self._checked_at
+        return report
+
+    def connection_closed(self, connection: Connection) -> None:
+        """For the WebSocket factory's ``close_listeners`` (after the hub's):
+        a guest's choices go with their last connection."""
+        identity = connection.identity
+        if identity is None or not identity.guest:
+            return
+        others = [c for c in self.people.connections_of(identity.name) if c is not connection]
+        if not others:
+            self.preferences.forget_guest(identity)
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def _frame(self, prefs: Any) -> dict[str, Any]:
+        return self.preferences.document(prefs, self.speech.primary.name)
+
+    async def prefs(self, connection: Connection, message: Mapping[str, Any]) -> None:
+        identity = _identity(connection)
+        fields = self._frame(await self.preferences.get(identity))
+        if "id" in message:
+            fields = {"id": message["id"], **fields}
+        connection.send("voice.prefs", **fields)
+
+    async def set(self, connection: Connection, message: Mapping[str, Any]) -> None:
+        identity = _identity(connection)
+        enabled = message.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ClientError("bad_request", "'enabled' must be true or false")
+        speed = None
+        if message.get("speed") is not None:
+            speed = valid_speed(message["speed"])
+            if speed is None:
+                raise ClientError("bad_request", "'speed' must be a number from 0.25 to 4.0")
+        voice = message.get("voice")
+        if voice is not None:
+            if not isinstance(voice, str) or len(voice) > MAX_VOICE_LENGTH:
+                raise ClientError("bad_request", "'voice' must be a voice id")
+            if voice and not await self._known(voice):
+                raise ClientError("bad_request", f"there is no voice {voice!r}")
+        prefs = await self.preferences.update(identity, enabled=enabled, voice=voice, speed=speed)
+        ack: dict[str, Any] = {"id": message["id"]} if "id" in message else {}
+        connection.send("ack", **ack)
+        self.people.send_to_person(identity.name, "voice.prefs", **self._frame(prefs))
+
+    async def _known(self, voice: str) -> bool:
+        try:
+            return await self.speech.has_voice(voice)
+        except TTSError:
+            raise ClientError(
+                "unavailable", "the voices cannot be listed right now; try again later"
+            ) from None
