@@ -76,10 +76,15 @@ class SocialLinks:
 
 @attrs.frozen
 class UsageStats:
+    """What the server counted of a person's use (``Storage.bump_usage``):
+    connections, seconds online, triggers fired, chat messages posted and
+    companion replies received. Never taken from the client."""
+
     sessions_count: int = 0
     total_time_spent: float = 0.0
     triggers_activated: int = 0
     messages_posted: int = 0
+    companion_replies: int = 0
 
 
 @attrs.frozen
@@ -114,6 +119,23 @@ PROFILE_UPDATABLE = frozenset(
         "usage_stats",
     }
 )
+
+
+#: ``Storage.list_profiles`` orders: XP (which also orders by level), likes,
+#: loves (each most first), join date (newest first) and name; ties by name.
+PROFILE_SORTS = ("xp", "likes", "loves", "joined", "name")
+
+#: What one person may give another's profile, once each (``Storage.set_reaction``).
+REACTION_KINDS = ("like", "love")
+
+
+@attrs.frozen
+class Reaction:
+    """A like or a love that ``from_user`` gave ``to_user``'s profile."""
+
+    from_user: str
+    to_user: str
+    kind: str
 
 
 @attrs.frozen

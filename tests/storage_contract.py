@@ -12,6 +12,7 @@ Times are whole milliseconds: MongoDB keeps no more (see the interface).
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -21,9 +22,11 @@ import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from bambid.models import (
+    LOG_RECORD_TYPES,
     PROFILE_UPDATABLE,
     SANCTION_KINDS,
     Account,
@@ -37,6 +40,7 @@ from bambid.models import (
     LogRecord,
     Mention,
     NewChatMessage,
+    Profile,
     Sanction,
     Session,
     SocialLinks,
@@ -44,7 +48,14 @@ from bambid.models import (
     UserInteraction,
     UserTagInteraction,
 )
-from bambid.storage.interface import DuplicateError, NotFoundError, Storage, StorageError
+from bambid.storage.interface import (
+    DELETED_KINDS,
+    EXPORT_KEYS,
+    DuplicateError,
+    NotFoundError,
+    Storage,
+    StorageError,
+)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -534,6 +545,32 @@ class StorageContract:
             await storage.update_profile("nobody", {})
 
     @pytest_twisted.ensureDeferred
+    async def test_set_preference_keeps_the_other_keys(self, storage: Storage) -> None:
+        await storage.ensure_profile("Alice", T0)
+        await storage.update_profile("alice", {"preferences": {"theme": "dark"}})
+        # Several features save their own key at the same moment: none is lost.
+        keys = [f"feature_{n}" for n in range(12)]
+        await defer.gatherResults(
+            [
+                Deferred.fromCoroutine(storage.set_preference("ALICE", key, {"n": n}))
+                for n, key in enumerate(keys)
+            ]
+        )
+        profile = await storage.get_profile("alice")
+        assert profile is not None
+        assert profile.preferences == {"theme": "dark"} | {k: {"n": n} for n, k in enumerate(keys)}
+        updated = await storage.set_preference("alice", "theme", ["light", 2])
+        assert updated.preferences["theme"] == ["light", 2]
+        assert updated.preferences["feature_0"] == {"n": 0}
+        for bad in ("", "Theme", "a.b", "$set", "x" * 40):
+            with pytest.raises(ValueError):
+                await storage.set_preference("alice", bad, 1)
+        with pytest.raises((TypeError, ValueError)):
+            await storage.set_preference("alice", "odd", object())
+        with pytest.raises(NotFoundError):
+            await storage.set_preference("nobody", "theme", 1)
+
+    @pytest_twisted.ensureDeferred
     async def test_add_xp_floors_at_zero(self, storage: Storage) -> None:
         await storage.ensure_profile("Alice", T0)
         assert (await storage.add_xp("alice", 10)).xp == 10
@@ -591,6 +628,531 @@ class StorageContract:
         assert await storage.get_profile(name.upper()) == updated
         for field, value in fields.items():
             assert getattr(updated, field) == value
+
+    # -- profiles: usage stats ------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_bump_usage_creates_the_profile_and_adds(self, storage: Storage) -> None:
+        await storage.bump_usage("Alice", T0 + 5, sessions=1, seconds=2.5)
+        created = await storage.get_profile("alice")
+        assert created is not None
+        assert (created.username, created.created_at, created.last_active) == (
+            "Alice",
+            T0 + 5,
+            T0 + 5,
+        )
+        assert created.usage_stats == UsageStats(sessions_count=1, total_time_spent=2.5)
+        await storage.add_xp("alice", 7)
+        await storage.update_profile("alice", {"bio": "kept"})
+        await storage.bump_usage("ALICE", T0 + 9, messages=2, triggers=3, replies=4)
+        await storage.bump_usage("aLiCe", T0 + 10, seconds=0.125)
+        after = await storage.get_profile("alice")
+        assert after == attrs.evolve(
+            created,
+            xp=7,
+            bio="kept",
+            last_active=T0 + 10,
+            usage_stats=UsageStats(
+                sessions_count=1,
+                total_time_spent=2.625,
+                triggers_activated=3,
+                messages_posted=2,
+                companion_replies=4,
+            ),
+        )
+        # A bump of nothing still says the person was active.
+        await storage.bump_usage("alice", T0 + 11)
+        assert (await storage.get_profile("alice")) == attrs.evolve(after, last_active=T0 + 11)
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_bump_usage_counts_every_increment(self, storage: Storage) -> None:
+        # Forty at once on a profile that does not exist yet: they race to create it too.
+        await gather(
+            [
+                storage.bump_usage(
+                    "Dora", T0 + n, sessions=1, seconds=0.25, messages=2, triggers=1, replies=3
+                )
+                for n in range(40)
+            ]
+        )
+        profile = await storage.get_profile("dora")
+        assert profile is not None
+        assert profile.usage_stats == UsageStats(
+            sessions_count=40,
+            total_time_spent=10.0,
+            triggers_activated=40,
+            messages_posted=80,
+            companion_replies=120,
+        )
+        assert T0 <= profile.created_at < T0 + 40 and T0 <= profile.last_active < T0 + 40
+
+    @pytest_twisted.ensureDeferred
+    async def test_bump_usage_refuses_bad_amounts(self, storage: Storage) -> None:
+        bad: list[dict[str, Any]] = [
+            {"sessions": -1},
+            {"messages": -5},
+            {"triggers": 1.5},
+            {"replies": True},
+            {"seconds": -0.5},
+            {"seconds": float("nan")},
+            {"seconds": float("inf")},
+        ]
+        for amounts in bad:
+            with pytest.raises(ValueError):
+                await storage.bump_usage("Alice", T0, **amounts)
+        assert await storage.get_profile("alice") is None
+
+    # -- profiles: likes and loves ------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_reactions_are_idempotent_and_counted(self, storage: Storage) -> None:
+        await storage.ensure_profile("Alice", T0)
+        await storage.ensure_profile("Bob", T0)
+        assert await storage.reactions_given("bob", "alice") == frozenset()
+        assert await storage.set_reaction("Bob", "Alice", "like", True) == (True, 1, 0)
+        assert await storage.set_reaction("BOB", "alice", "like", True) == (False, 1, 0)
+        assert await storage.set_reaction("bob", "ALICE", "love", True) == (True, 1, 1)
+        assert await storage.set_reaction("Carol", "alice", "like", True) == (True, 2, 1)
+        assert await storage.reactions_given("BOB", "Alice") == frozenset({"like", "love"})
+        assert await storage.reactions_given("carol", "alice") == frozenset({"like"})
+        assert await storage.reactions_given("alice", "bob") == frozenset()
+        profile = await storage.get_profile("alice")
+        assert profile is not None and (profile.likes, profile.loves) == (2, 1)
+
+        assert await storage.set_reaction("Bob", "Alice", "like", False) == (True, 1, 1)
+        assert await storage.set_reaction("Bob", "Alice", "like", False) == (False, 1, 1)
+        assert await storage.set_reaction("Dave", "Alice", "love", False) == (False, 1, 1)
+        assert await storage.reactions_given("bob", "alice") == frozenset({"love"})
+        # Given back again after taking it back: counted again, once.
+        assert await storage.set_reaction("Bob", "Alice", "like", True) == (True, 2, 1)
+        bob = await storage.get_profile("bob")
+        assert bob is not None and (bob.likes, bob.loves) == (0, 0)
+        # Other profile fields are left alone.
+        alice = await storage.get_profile("alice")
+        assert alice == attrs.evolve(Profile("Alice", T0, T0), likes=2, loves=1)
+
+    @pytest_twisted.ensureDeferred
+    async def test_reaction_refusals(self, storage: Storage) -> None:
+        await storage.ensure_profile("Alice", T0)
+        for on in (True, False):
+            for to_user in ("Alice", "ALICE", "alice"):
+                with pytest.raises(ValueError):
+                    await storage.set_reaction("Alice", to_user, "like", on)
+            for kind in ("heart", "Like", "LOVE", ""):
+                with pytest.raises(ValueError):
+                    await storage.set_reaction("Bob", "Alice", kind, on)
+            with pytest.raises(NotFoundError):
+                await storage.set_reaction("Bob", "nobody", "like", on)
+        # Straße and STRASSE are one person: no reacting to oneself that way either.
+        await storage.ensure_profile("Straße", T0)
+        with pytest.raises(ValueError):
+            await storage.set_reaction("STRASSE", "straße", "love", True)
+        profile = await storage.get_profile("alice")
+        assert profile is not None and (profile.likes, profile.loves) == (0, 0)
+        assert await storage.reactions_given("bob", "alice") == frozenset()
+        assert await storage.get_profile("nobody") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_reactions_stay_exact(self, storage: Storage) -> None:
+        await storage.ensure_profile("Star", T0)
+        fans = [f"fan{n}" for n in range(12)]
+        # Each fan gives a like three times at once: one of the three counts.
+        outcomes = await gather(
+            [storage.set_reaction(fan, "star", "like", True) for fan in fans for _ in range(3)]
+        )
+        assert sum(changed for changed, _, _ in outcomes) == 12
+        star = await storage.get_profile("star")
+        assert star is not None and star.likes == 12
+        # Gives and take-backs of one person racing: the count follows the row.
+        mixed = await gather(
+            [
+                storage.set_reaction(fan, "Star", kind, n % 2 == 0)
+                for fan in fans[:6]
+                for kind in ("like", "love")
+                for n in range(4)
+            ]
+        )
+        assert len(mixed) == 48
+        star = await storage.get_profile("star")
+        assert star is not None
+        given = [await storage.reactions_given(fan, "star") for fan in fans]
+        assert star.likes == sum("like" in kinds for kinds in given)
+        assert star.loves == sum("love" in kinds for kinds in given)
+        # Everyone takes everything back, twice at once: down to zero exactly.
+        await gather(
+            [
+                storage.set_reaction(fan, "star", kind, False)
+                for fan in fans
+                for kind in ("like", "love")
+                for _ in range(2)
+            ]
+        )
+        star = await storage.get_profile("star")
+        assert star is not None and (star.likes, star.loves) == (0, 0)
+
+    # -- profiles: the community list ----------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_profiles_sorting_and_paging(self, storage: Storage) -> None:
+        assert await storage.list_profiles(offset=0, limit=10, sort="xp") == []
+        assert await storage.count_profiles() == 0
+        # name: (joined, xp, likes, loves)
+        people = {
+            "Ann": (T0 + 1, 50, 2, 0),
+            "bob": (T0 + 3, 50, 1, 3),
+            "Cat": (T0 + 2, 10, 2, 1),
+            "dan": (T0 + 3, 0, 0, 0),
+            "Eve": (T0, 99, 0, 1),
+        }
+        for name, (joined, xp, likes, loves) in people.items():
+            await storage.ensure_profile(name, joined)
+            await storage.add_xp(name, xp)
+            for n in range(likes):
+                await storage.set_reaction(f"liker{n}", name, "like", True)
+            for n in range(loves):
+                await storage.set_reaction(f"lover{n}", name, "love", True)
+
+        async def names(sort: str, offset: int = 0, limit: int = 100) -> list[str]:
+            listed = await storage.list_profiles(offset=offset, limit=limit, sort=sort)
+            return [p.username for p in listed]
+
+        # Ties are broken by name (username key): "ann" < "bob" < "cat" < "dan" < "eve".
+        assert await names("xp") == ["Eve", "Ann", "bob", "Cat", "dan"]
+        assert await names("likes") == ["Ann", "Cat", "bob", "dan", "Eve"]
+        assert await names("loves") == ["bob", "Cat", "Eve", "Ann", "dan"]
+        assert await names("joined") == ["bob", "dan", "Cat", "Ann", "Eve"]
+        assert await names("name") == ["Ann", "bob", "Cat", "dan", "Eve"]
+        assert await names("xp", offset=1, limit=2) == ["Ann", "bob"]
+        assert await names("xp", offset=4, limit=2) == ["dan"]
+        assert await names("xp", offset=5) == []
+        assert await names("xp", limit=0) == [] and await names("xp", limit=-1) == []
+        assert await storage.count_profiles() == 5
+        # The profiles listed are the stored ones, whole.
+        listed = await storage.list_profiles(offset=0, limit=1, sort="loves")
+        assert listed == [await storage.get_profile("bob")]
+        with pytest.raises(ValueError):
+            await storage.list_profiles(offset=-1, limit=10, sort="xp")
+        for sort in ("level", "XP", "", "username"):
+            with pytest.raises(ValueError):
+                await storage.list_profiles(offset=0, limit=10, sort=sort)
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_profiles_search(self, storage: Storage) -> None:
+        display = {
+            "Straße": "",
+            "alice": "Wonder_Land",
+            "a_b": "",
+            "axb": "100% real",
+            "Bob": "Big BOB",
+            "Zed": "back\\slash [x]",
+            "Ümit": "Ψ",
+        }
+        for name, display_name in display.items():
+            await storage.ensure_profile(name, T0)
+            if display_name:
+                await storage.update_profile(name, {"display_name": display_name})
+
+        async def found(query: str) -> list[str]:
+            listed = await storage.list_profiles(offset=0, limit=100, sort="name", query=query)
+            assert await storage.count_profiles(query=query) == len(listed)
+            return [p.username for p in listed]
+
+        assert await found("") == ["a_b", "alice", "axb", "Bob", "Straße", "Zed", "Ümit"]
+        assert await found("STRASS") == ["Straße"]  # casefold: ß is ss
+        assert await found("ß") == ["Straße"]
+        assert await found("wonder_l") == ["alice"]  # by display name
+        assert await found("bob") == ["Bob"]
+        assert await found("big b") == ["Bob"]
+        assert await found("üm") == ["Ümit"] and await found("ψ") == ["Ümit"]
+        # Wildcards of LIKE and regular expressions match only themselves.
+        assert await found("_") == ["a_b", "alice"]
+        assert await found("a_b") == ["a_b"]
+        assert await found("%") == ["axb"]
+        assert await found("a%b") == []
+        assert await found("a.b") == []
+        assert await found(".*") == []
+        assert await found("\\") == ["Zed"]
+        assert await found("[x]") == ["Zed"]
+        assert await found("[") == ["Zed"]
+        assert await found("x") == ["axb", "Zed"]
+        assert await found("nobody") == []
+        # The search pages and sorts like the rest.
+        await storage.add_xp("axb", 5)
+        listed = await storage.list_profiles(offset=0, limit=1, sort="xp", query="a")
+        assert [p.username for p in listed] == ["axb"]
+        listed = await storage.list_profiles(offset=1, limit=1, sort="xp", query="a")
+        assert [p.username for p in listed] == ["a_b"]
+
+    @pytest_twisted.ensureDeferred
+    async def test_private_profiles_are_hidden(self, storage: Storage) -> None:
+        for name in ("Ann", "Ben", "Cy"):
+            await storage.ensure_profile(name, T0)
+        await storage.update_profile("ben", {"visibility": "private", "display_name": "Benny"})
+
+        async def names(**options: Any) -> list[str]:
+            listed = await storage.list_profiles(offset=0, limit=10, sort="name", **options)
+            return [p.username for p in listed]
+
+        assert await names() == ["Ann", "Cy"]
+        assert await storage.count_profiles() == 2
+        assert await names(query="benny") == [] and await storage.count_profiles(query="ben") == 0
+        assert await names(public_only=False) == ["Ann", "Ben", "Cy"]
+        assert await storage.count_profiles(public_only=False) == 3
+        assert await names(query="BENNY", public_only=False) == ["Ben"]
+        await storage.update_profile("ben", {"visibility": "public"})
+        assert await names() == ["Ann", "Ben", "Cy"]
+
+    @for_each_backend(
+        parts=st.lists(name_parts, min_size=1, max_size=5),
+        displays=st.lists(texts, min_size=5, max_size=5),
+        query=st.text(
+            alphabet=st.sampled_from(list("aAsSß_%\\.*[](){}^$|?+\x00 "))
+            | st.characters(codec="utf-8"),
+            max_size=3,
+        ),
+    )
+    async def test_any_profile_search(
+        self, storage: Storage, parts: list[str], displays: list[str], query: str
+    ) -> None:
+        namespace = unique("srch") + "-"
+        profiles: dict[str, tuple[str, str]] = {}
+        for part, display_name in zip(parts, displays, strict=False):
+            name = namespace + part
+            if name.casefold() not in profiles:
+                await storage.ensure_profile(name, T0)
+                await storage.update_profile(name, {"display_name": display_name})
+                profiles[name.casefold()] = (name, display_name)
+        wanted = query.casefold()
+        expected = sorted(
+            name
+            for key, (name, display_name) in profiles.items()
+            if wanted in key or wanted in display_name.casefold()
+        )
+        listed = await storage.list_profiles(
+            offset=0, limit=10_000, sort="name", query=query, public_only=False
+        )
+        ours = [p.username for p in listed if p.username.casefold() in profiles]
+        assert sorted(ours) == expected
+
+    # -- your data: export and deletion ---------------------------------------------
+
+    async def everything_of(self, storage: Storage, name: str, other: str) -> dict[str, Any]:
+        """One of every kind of record about ``name`` (and some of ``other``'s
+        beside them); what was stored, by kind."""
+        stored: dict[str, Any] = {}
+        stored["account"] = Account(name, f"$argon2id$SECRET-HASH-OF-{name}", "user", T0)
+        await storage.create_account(stored["account"])
+        stored["sessions"] = [
+            Session(f"TOKEN-HASH-{name}-1", name, T0 + 1, T0 + 100),
+            Session(f"TOKEN-HASH-{name}-2", name.lower(), T0 + 2, T0 + 200, guest=True),
+        ]
+        for session in stored["sessions"]:
+            await storage.create_session(session)
+        await storage.ensure_profile(name, T0)
+        await storage.update_profile(name, {"bio": f"bio of {name}", "preferences": {"v": 1}})
+        await storage.bump_usage(name, T0 + 3, sessions=1, seconds=5.5, messages=2)
+        stored["sanctions"] = [
+            Sanction("ban", name, "spam", "Mod", T0 + 4, T0 + 5),
+            Sanction("mute", name.upper(), "flood", "Mod", T0 + 6),
+        ]
+        for sanction in stored["sanctions"]:
+            await storage.set_sanction(sanction)
+        first = await storage.append_chat_message(new_message("lobby", "hi", username=name))
+        tagged = await storage.append_chat_message(
+            new_message(
+                "lobby",
+                f"hey @{other} https://example.com",
+                username=name,
+                mentions=(Mention(other, 4),),
+                links=(LinkRef("https://example.com", True),),
+                reply_to=first.message_id,
+            )
+        )
+        stored["chat_messages"] = [first, tagged]
+        stored["conversations"] = [
+            self.conversation(name, T0 + 9, "newer", turns=(ConversationTurn("user", "q", T0),)),
+            self.conversation(name.upper(), T0 + 8, "older", metadata={"m": [1, 2]}),
+        ]
+        for conversation in stored["conversations"]:
+            await storage.save_conversation(conversation)
+        stored["records"] = {}
+        for n, kind in enumerate(LOG_RECORD_TYPES):
+            entry = self.log_entry(kind, name, T0 + 10 + n, n + 1)
+            await storage.record(entry)
+            stored["records"][kind.collection] = [entry]
+        # Who they mentioned: the record belongs to the other person's log;
+        # mentioning oneself is a record of one's own.
+        stored["tag_made"] = UserTagInteraction(other, name.upper(), "lobby", tagged.message_id, T0)
+        await storage.record(stored["tag_made"])
+        myself = UserTagInteraction(name, name.lower(), "lobby", first.message_id, T0 + 20)
+        await storage.record(myself)
+        stored["records"][UserTagInteraction.collection].insert(0, myself)
+        return stored
+
+    async def everything_of_other(self, storage: Storage, other: str) -> None:
+        await storage.create_account(Account(other, "$argon2id$OTHER", "user", T0))
+        await storage.create_session(Session(f"TOKEN-HASH-{other}", other, T0, T0 + 9))
+        await storage.ensure_profile(other, T0)
+        await storage.set_sanction(Sanction("mute", other, "r", "Mod", T0))
+        await storage.append_chat_message(new_message("lobby", "other's", username=other))
+        await storage.save_conversation(self.conversation(other, T0 + 1))
+        await storage.save_conversation(self.conversation(f"guest:{other}", T0 + 1))
+        for n, kind in enumerate(LOG_RECORD_TYPES):
+            await storage.record(self.log_entry(kind, other, T0 + n, n + 7))
+
+    @staticmethod
+    def as_json(record: Any) -> Any:
+        """A record as it reads back from JSON."""
+        return json.loads(json.dumps(attrs.asdict(record)))
+
+    @pytest_twisted.ensureDeferred
+    async def test_export_user_is_complete(self, storage: Storage) -> None:
+        await self.everything_of_other(storage, "Bob")
+        stored = await self.everything_of(storage, "Alice", "Bob")
+        await storage.save_conversation(self.conversation("guest:Alice", T0 + 1))  # a guest's
+        await storage.set_reaction("Alice", "Bob", "like", True)
+        await storage.set_reaction("Bob", "alice", "love", True)
+        await storage.set_reaction("Carol", "ALICE", "like", True)
+
+        exported = await storage.export_user("ALICE")
+        assert tuple(exported) == EXPORT_KEYS
+        text = json.dumps(exported, ensure_ascii=False)
+        assert json.loads(text) == exported  # plain JSON: no tuples, no datetimes
+        assert "SECRET-HASH" not in text and "TOKEN-HASH" not in text
+        assert "password_hash" not in text and "token_hash" not in text
+
+        profile = await storage.get_profile("alice")
+        assert profile is not None and profile.usage_stats.messages_posted == 2
+        assert exported["username"] == "Alice"
+        assert exported["account"] == {"username": "Alice", "role": "user", "created_at": T0}
+        assert exported["profile"] == self.as_json(profile)
+        assert exported["sessions"] == [
+            {"created_at": T0 + 1, "expires_at": T0 + 100, "guest": False},
+            {"created_at": T0 + 2, "expires_at": T0 + 200, "guest": True},
+        ]
+        assert exported["sanctions"] == [
+            {
+                "kind": s.kind,
+                "reason": s.reason,
+                "by": s.by,
+                "created_at": s.created_at,
+                "expires_at": s.expires_at,
+            }
+            for s in stored["sanctions"]
+        ]
+        assert exported["chat_messages"] == [self.as_json(m) for m in stored["chat_messages"]]
+        assert exported["conversations"] == [self.as_json(c) for c in stored["conversations"]]
+        for collection, entries in stored["records"].items():
+            assert exported[collection] == [self.as_json(e) for e in entries], collection
+        assert exported["user_tags_made"] == [self.as_json(stored["tag_made"])]
+        assert exported["reactions_given"] == [{"to_user": "Bob", "kind": "like"}]
+        assert sorted(exported["reactions_received"], key=lambda r: r["from_user"]) == [
+            {"from_user": "Bob", "kind": "love"},
+            {"from_user": "Carol", "kind": "like"},
+        ]
+        assert "other's" not in text and "$argon2id$OTHER" not in text
+
+        nobody = await storage.export_user("nobody")
+        assert nobody["username"] == "nobody"
+        assert nobody["account"] is None and nobody["profile"] is None
+        assert all(nobody[key] == [] for key in EXPORT_KEYS[3:])
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_user_removes_personal_data(self, storage: Storage) -> None:
+        await self.everything_of_other(storage, "Bob")
+        stored = await self.everything_of(storage, "Alice", "Bob")
+        await storage.ensure_profile("Carol", T0)
+        await storage.save_conversation(guest := self.conversation("guest:Alice", T0 + 1))
+        for giver, to_user, kind in (
+            ("Alice", "Bob", "like"),
+            ("alice", "bob", "love"),
+            ("ALICE", "Carol", "like"),
+            ("Bob", "Alice", "like"),
+            ("Carol", "Alice", "love"),
+            ("Dan", "Bob", "like"),
+        ):
+            await storage.set_reaction(giver, to_user, kind, True)
+        bob_messages = await storage.chat_history("lobby", None, 100)
+
+        counts = await storage.delete_user("ALICE", "deleted-user-3fa2")
+        assert tuple(counts) == DELETED_KINDS
+        assert counts == {
+            "sessions": 2,
+            "chat_messages": 2,
+            "user_tags_made": 1,
+            "profile": 1,
+            "reactions_received": 2,
+            "reactions_given": 3,
+            "sanctions": 2,
+            "conversations": 2,
+            "ai_interactions": 1,
+            "audio_interactions": 1,
+            "user_interactions": 1,
+            "clicked_urls": 1,
+            "user_tag_interactions": 2,
+            "account": 1,
+        }
+        assert await storage.get_account("alice") is None
+        assert await storage.list_sessions("alice") == []
+        for session in stored["sessions"]:
+            assert await storage.get_session(session.token_hash) is None
+        assert await storage.get_profile("alice") is None
+        assert await storage.get_sanction("ban", "alice") is None
+        assert await storage.get_sanction("mute", "alice") is None
+        assert await storage.list_conversations("alice", 10) == []
+        for log_kind in LOG_RECORD_TYPES:
+            assert await storage.list_records(log_kind, "alice", 10) == []
+        assert await storage.reactions_given("alice", "bob") == frozenset()
+        assert await storage.reactions_given("bob", "alice") == frozenset()
+        with pytest.raises(NotFoundError):
+            await storage.set_reaction("Bob", "Alice", "like", True)
+        # Other profiles' counts lost Alice's reactions, kept the rest.
+        bob = await storage.get_profile("bob")
+        carol = await storage.get_profile("carol")
+        assert bob is not None and (bob.likes, bob.loves) == (1, 0)
+        assert carol is not None and (carol.likes, carol.loves) == (0, 0)
+        assert await storage.reactions_given("dan", "bob") == frozenset({"like"})
+        # The messages stay where they were, under the replacement name.
+        renamed = {
+            m.message_id: attrs.evolve(m, username="deleted-user-3fa2")
+            for m in stored["chat_messages"]
+        }
+        after = await storage.chat_history("lobby", None, 100)
+        assert after == [renamed.get(m.message_id, m) for m in bob_messages]
+        assert [m.seq for m in after] == [m.seq for m in bob_messages]
+        second = await storage.get_chat_message(stored["chat_messages"][1].message_id)
+        assert second is not None and second.mentions == (Mention("Bob", 4),)
+        assert second.links == (LinkRef("https://example.com", True),) and not second.deleted
+        # Bob's tag record now names the replacement as who mentioned him.
+        bob_tags = await storage.list_records(UserTagInteraction, "bob", 10)
+        assert attrs.evolve(stored["tag_made"], by="deleted-user-3fa2") in bob_tags
+        # Bob's data and a guest's conversation of the same name are not Alice's.
+        assert await storage.get_account("bob") is not None
+        assert len(await storage.list_sessions("bob")) == 1
+        assert await storage.get_sanction("mute", "bob") is not None
+        assert len(await storage.list_conversations("bob", 10)) == 1
+        assert await storage.list_conversations("guest:alice", 10) == [guest]
+        assert len(await storage.list_records(AIInteraction, "bob", 10)) == 1
+        # Nothing about her is left to export.
+        exported = await storage.export_user("alice")
+        assert exported["account"] is None and exported["profile"] is None
+        assert all(exported[key] == [] for key in EXPORT_KEYS[3:])
+        # Idempotent: the second time finds nothing.
+        again = await storage.delete_user("alice", "deleted-user-77aa")
+        assert again == dict.fromkeys(DELETED_KINDS, 0)
+        assert await storage.chat_history("lobby", None, 100) == after
+        # The name is free again.
+        await storage.create_account(Account("alice", "h", "user", T0 + 50))
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_user_refuses_a_non_replacement(self, storage: Storage) -> None:
+        await storage.create_account(Account("Alice", "h", "user", T0))
+        await storage.append_chat_message(new_message("lobby", username="Alice"))
+        for replacement in ("", "Alice", "ALICE"):
+            with pytest.raises(ValueError):
+                await storage.delete_user("alice", replacement)
+        assert await storage.get_account("alice") is not None
+        assert [m.username for m in await storage.chat_history("lobby", None, 5)] == ["Alice"]
 
     # -- chat -------------------------------------------------------------------
 
@@ -933,6 +1495,29 @@ class StorageContract:
         again = self.conversation("Alice", T0 + 7)
         await storage.save_conversation(again)
         assert await storage.list_conversations("alice", 10) == [again]
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_one_conversation(self, storage: Storage) -> None:
+        assert await storage.delete_conversation("no-such-id") is False
+        older = self.conversation("Alice", T0 + 1, "older")
+        current = self.conversation("alice", T0 + 2, "current")
+        bob = self.conversation("Bob", T0 + 3, "bob's")
+        for conversation in (older, current, bob):
+            await storage.save_conversation(conversation)
+        # Deleting the current one makes the next most recent current.
+        assert await storage.delete_conversation(current.conversation_id) is True
+        assert await storage.get_conversation_by_id(current.conversation_id) is None
+        assert await storage.get_conversation("ALICE") == older
+        assert await storage.list_conversations("alice", 10) == [older]
+        assert await storage.delete_conversation(current.conversation_id) is False
+        # Other owners' conversations are untouched; the last one can go too.
+        assert await storage.list_conversations("bob", 10) == [bob]
+        assert await storage.delete_conversation(older.conversation_id) is True
+        assert await storage.get_conversation("alice") is None
+        assert await storage.list_conversations("alice", 10) == []
+        # Saving a deleted conversation again stores it anew.
+        await storage.save_conversation(current)
+        assert await storage.list_conversations("alice", 10) == [current]
 
     @for_each_backend(
         title=texts,

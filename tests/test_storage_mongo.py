@@ -7,8 +7,9 @@ Three layers:
   otherwise;
 - the same contract, offline, against ``FakeMongo``: an in-memory stand-in for
   the few txmongo calls the backend makes, with MongoDB's semantics for them
-  (unique indexes, upserts, ``$inc``, ``$exists``, update pipelines, sort, skip
-  and limit, counts, ``distinct``, dropping indexes), BSON
+  (unique indexes, upserts, ``$inc``, ``$exists``, ``$ne``, ``$in``, ``$regex``,
+  ``$or``, dotted field paths, update pipelines, sort, skip and limit, counts,
+  ``distinct``, dropping indexes), BSON
   round-trips of every document, and a check that every call carries a
   timeout;
 - unit tests of what needs no server: URI parsing, write concern, index
@@ -21,6 +22,7 @@ import copy
 import datetime as dt
 import functools
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -58,7 +60,7 @@ from bambid.models import (
     UserTagInteraction,
 )
 from bambid.storage import mongo
-from bambid.storage.interface import StorageError
+from bambid.storage.interface import NotFoundError, StorageError
 from bambid.storage.mongo import (
     CODEC_OPTIONS,
     INDEXES,
@@ -132,7 +134,31 @@ def as_bson(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def field(doc: dict[str, Any], name: str) -> Any:
-    return doc.get(name)
+    """The value at a dotted path (``usage_stats.messages_posted``), None if missing."""
+    value: Any = doc
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def has_field(doc: dict[str, Any], name: str) -> bool:
+    value: Any = doc
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
+def set_field(doc: dict[str, Any], name: str, value: Any) -> None:
+    """Set a dotted path, creating the documents on the way (as ``$set``/``$inc`` do)."""
+    *parents, last = name.split(".")
+    for part in parents:
+        doc = doc.setdefault(part, {})
+        assert isinstance(doc, dict), f"cannot create field in {part}"
+    doc[last] = value
 
 
 def compare(a: Any, b: Any) -> int:
@@ -143,11 +169,27 @@ def compare(a: Any, b: Any) -> int:
 
 def matches(doc: dict[str, Any], query: dict[str, Any]) -> bool:
     for name, condition in query.items():
+        if name == "$or":
+            if not any(matches(doc, branch) for branch in condition):
+                return False
+            continue
         value = field(doc, name)
         if isinstance(condition, dict) and condition and next(iter(condition)).startswith("$"):
             for op, operand in condition.items():
                 if op == "$exists":
-                    if (name in doc) != bool(operand):
+                    if has_field(doc, name) != bool(operand):
+                        return False
+                    continue
+                if op == "$ne":  # a missing field is not equal to a value
+                    if value == operand:
+                        return False
+                    continue
+                if op == "$in":
+                    if value not in operand:
+                        return False
+                    continue
+                if op == "$regex":  # MongoDB's PCRE; the backend's patterns read the same in re
+                    if not isinstance(value, str) or re.search(operand, value) is None:
                         return False
                     continue
                 if value is None:
@@ -264,14 +306,20 @@ class FakeCollection:
                 for name, expression in spec.items():
                     new[name] = evaluate(new, expression)
             return new
+        touched: list[str] = []
         for op, spec in update.items():
+            touched += spec
             if op == "$set" or (op == "$setOnInsert" and inserting):
-                new.update(spec)
+                for name, value in spec.items():
+                    set_field(new, name, copy.deepcopy(value))
             elif op == "$inc":
                 for name, amount in spec.items():
-                    new[name] = (new.get(name) or 0) + amount
+                    set_field(new, name, (field(new, name) or 0) + amount)
             elif op != "$setOnInsert":
                 raise AssertionError(f"FakeMongo does not know {op}")
+        for name in touched:  # MongoDB refuses a path in two operators or inside another
+            clashes = [t for t in touched if t == name or t.startswith(name + ".")]
+            assert len(clashes) == 1, f"conflicting update paths: {clashes}"
         return new
 
     def _first(self, query: dict[str, Any], sort: Any = None) -> dict[str, Any] | None:
@@ -320,11 +368,18 @@ class FakeCollection:
 
         return self._reply("distinct", kwargs, distinct)
 
-    def update_one(self, filter: dict[str, Any], update: Any, **kwargs: Any) -> Any:
+    def update_one(
+        self, filter: dict[str, Any], update: Any, upsert: bool = False, **kwargs: Any
+    ) -> Any:
         def update_one() -> UpdateResult:
             doc = self._first(filter)
             if doc is None:
-                return UpdateResult({"n": 0, "nModified": 0}, True)
+                if not upsert:
+                    return UpdateResult({"n": 0, "nModified": 0}, True)
+                seed = {k: v for k, v in filter.items() if not isinstance(v, dict)}
+                seed["_id"] = ObjectId()
+                self._store(self._apply(seed, update, inserting=True), None)
+                return UpdateResult({"n": 1, "nModified": 0, "upserted": seed["_id"]}, True)
             self._store(self._apply(doc, update, inserting=False), doc)
             return UpdateResult({"n": 1, "nModified": 1}, True)
 
@@ -619,6 +674,85 @@ async def test_open_backfills_session_keys(fake: FakeMongo) -> None:
     assert "sessions.distinct" in fake.calls and "sessions.update_many" not in fake.calls
 
 
+@pytest_twisted.ensureDeferred
+async def test_open_backfills_display_name_keys(fake: FakeMongo) -> None:
+    """Profiles stored before the community search (no ``display_name_key``)
+    are found by their display name after the next start."""
+    profiles = fake.collection("bambid", "profiles")
+    for name, display_name in (("Ann", "Straße"), ("Ben", ""), ("Cy", "Straße"), ("Di", "ΨX")):
+        doc = mongo.profile_to_document(Profile(name, T0, T0, display_name=display_name))
+        del doc["display_name_key"]
+        profiles.docs.append(as_bson({"_id": ObjectId(), **doc}))
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await storage.open()
+    try:
+        assert [d["display_name_key"] for d in profiles.docs] == [
+            "straße".casefold(),
+            "",
+            "strasse",
+            "ψx",
+        ]
+        listed = await storage.list_profiles(offset=0, limit=10, sort="name", query="STRASS")
+        assert [p.username for p in listed] == ["Ann", "Cy"]
+    finally:
+        await storage.close()
+    fake.calls.clear()
+    again = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await again.open()  # nothing left to fill in: one distinct, no update
+    await again.close()
+    assert "profiles.distinct" in fake.calls and "profiles.update_many" not in fake.calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_reaction_counts_follow_the_reaction_documents(fake: FakeMongo) -> None:
+    """The ``$inc`` on a profile happens only for the call whose own insert or
+    delete changed the reaction document."""
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await storage.open()
+    try:
+        await storage.ensure_profile("Star", T0)
+        fake.calls.clear()
+        assert await storage.set_reaction("Fan", "Star", "like", True) == (True, 1, 0)
+        assert fake.calls == [
+            "profiles.find_one",
+            "reactions.insert_one",
+            "profiles.find_one_and_update",
+        ]
+        fake.calls.clear()
+        assert await storage.set_reaction("fan", "star", "like", True) == (False, 1, 0)
+        assert fake.calls == ["profiles.find_one", "reactions.insert_one", "profiles.find_one"]
+        reactions = fake.collection("bambid", "reactions").docs
+        assert [(d["from_key"], d["to_key"], d["kind"], d["from_user"]) for d in reactions] == [
+            ("fan", "star", "like", "Fan")
+        ]
+    finally:
+        await storage.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reaction_to_a_profile_deleted_meanwhile(fake: FakeMongo) -> None:
+    """The profile goes between the check and the ``$inc``: no reaction stays."""
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/"), connect=fake.connect)
+    await storage.open()
+    try:
+        await storage.ensure_profile("Gone", T0)
+        profiles = fake.collection("bambid", "profiles")
+        reactions = fake.collection("bambid", "reactions")
+        original = reactions.insert_one
+
+        def insert_and_vanish(document: dict[str, Any], **kwargs: Any) -> Any:
+            profiles.docs.clear()  # delete_user ran in between
+            return original(document, **kwargs)
+
+        reactions.insert_one = insert_and_vanish  # type: ignore[method-assign]
+        with pytest.raises(NotFoundError):
+            await storage.set_reaction("Fan", "Gone", "love", True)
+        assert reactions.docs == []
+        assert fake.calls[-2:] == ["profiles.find_one_and_update", "reactions.delete_one"]
+    finally:
+        await storage.close()
+
+
 def single_conversation_document(owner: str, title: str, updated: float) -> dict[str, Any]:
     """A conversation as bambid stored it when a person had one: no id."""
     doc = mongo.conversation_to_document(Conversation(owner, title, T0, updated))
@@ -810,6 +944,14 @@ async def test_every_operation_reaches_txmongo_with_a_deadline() -> None:
         storage.delete_conversations("a"),
         storage.record(UserInteraction("A", "x", T0)),
         storage.list_records(UserInteraction, "a", 10),
+        storage.bump_usage("a", T0, sessions=1),
+        storage.set_reaction("a", "b", "like", True),
+        storage.set_reaction("a", "b", "love", False),
+        storage.reactions_given("a", "b"),
+        storage.list_profiles(offset=0, limit=10, sort="xp", query="a%"),
+        storage.count_profiles(query="a"),
+        storage.export_user("a"),
+        storage.delete_user("a", "deleted-user-1"),
     ]
     results: list[tuple[bool, Any]] = await defer.DeferredList(
         [defer.Deferred.fromCoroutine(op) for op in operations], consumeErrors=True
@@ -949,6 +1091,18 @@ def test_index_specifications() -> None:
         ("conversations", (("conversation_id", 1),), True),
         ("conversations", (("owner_key", 1), ("updated_at", -1)), False),
         ("sanctions", (("kind", 1), ("username_key", 1)), True),
+        ("profiles", (("xp", -1), ("username_key", 1)), False),
+        ("profiles", (("likes", -1), ("username_key", 1)), False),
+        ("profiles", (("loves", -1), ("username_key", 1)), False),
+        ("profiles", (("created_at", -1), ("username_key", 1)), False),
+        ("profiles", (("display_name_key", 1),), False),
+        (
+            "chat_messages",
+            (("username_key", 1), ("timestamp", 1), ("room", 1), ("seq", 1)),
+            False,
+        ),
+        ("reactions", (("from_key", 1), ("to_key", 1), ("kind", 1)), True),
+        ("reactions", (("to_key", 1), ("kind", 1)), False),
     } | {
         (name, (("username_key", 1), ("timestamp", -1)), False)
         for name in (
@@ -1026,7 +1180,12 @@ def test_chat_message_documents(
     active=times,
     xp=st.integers(0, 2**62),
     stats=st.builds(
-        UsageStats, st.integers(0, 2**31), st.floats(0, 1e9), st.integers(0, 9), st.integers(0, 9)
+        UsageStats,
+        st.integers(0, 2**31),
+        st.floats(0, 1e9),
+        st.integers(0, 9),
+        st.integers(0, 9),
+        st.integers(0, 2**31),
     ),
 )
 def test_profile_documents(
@@ -1053,6 +1212,7 @@ def test_profile_documents(
     )
     doc = mongo.profile_to_document(profile)
     assert doc["username_key"] == "ünïcode"
+    assert doc["display_name_key"] == profile.display_name.casefold()
     assert mongo.profile_from_document(round_trip(doc)) == profile
 
 
@@ -1079,6 +1239,9 @@ def test_profile_update_documents() -> None:
     assert update["social_links"]["reddit"] == "r"
     assert update["usage_stats"]["messages_posted"] == 2
     assert update["preferences"] == {"a": 1}
+    assert "display_name_key" not in update
+    renamed = mongo.profile_update_document({"display_name": "Straße Ψ"})
+    assert renamed == {"display_name": "Straße Ψ", "display_name_key": "strasse ψ"}
     bad_fields: list[dict[str, Any]] = [
         {"xp": 1},
         {"bio": 3},
@@ -1139,6 +1302,30 @@ def test_sanction_documents(
     assert isinstance(doc["created_at"], dt.datetime)
     assert (doc["expires_at"] is None) == (expires is None)
     assert mongo.sanction_from_document(round_trip(doc)) == sanction
+
+
+@fast
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(list("\\^$.|?*+()[]{}-#\x00 aß")) | st.characters(codec="utf-8")
+    )
+)
+def test_regex_literals_match_only_themselves(text: str) -> None:
+    pattern = mongo.regex_literal(text)
+    assert "\x00" not in pattern  # a $regex string must hold no NUL
+    assert re.fullmatch(pattern, text) is not None
+    assert re.search(pattern, f"x{text}y") is not None
+
+
+def test_profile_filters() -> None:
+    assert mongo.profile_filter("", False) == {}
+    assert mongo.profile_filter("", True) == {"visibility": {"$ne": "private"}}
+    assert mongo.profile_filter("A.ß", False) == {
+        "$or": [
+            {"username_key": {"$regex": "a\\.ss"}},
+            {"display_name_key": {"$regex": "a\\.ss"}},
+        ]
+    }
 
 
 def test_key_prefix_queries() -> None:

@@ -22,18 +22,28 @@ Contract, for every method:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import attrs
+
 from bambid.models import (
+    LOG_RECORD_TYPES,
+    PROFILE_SORTS,
+    REACTION_KINDS,
     Account,
     ChatMessage,
     Conversation,
     LogRecord,
     NewChatMessage,
     Profile,
+    Reaction,
     Sanction,
     Session,
+    UserTagInteraction,
+    username_key,
 )
 
 R = TypeVar("R", bound=LogRecord)
@@ -49,6 +59,143 @@ class DuplicateError(StorageError):
 
 class NotFoundError(StorageError):
     """The record to update does not exist."""
+
+
+# --- profiles and progression: checks and the export, shared by the backends ---
+
+#: The profile counter each reaction kind keeps exact.
+REACTION_COUNTERS = {"like": "likes", "love": "loves"}
+
+#: What a ``Profile.preferences`` key may be (``set_preference``): a plain name,
+#: safe as a MongoDB field path.
+PREFERENCE_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def check_preference_key(key: str) -> None:
+    """``ValueError`` unless ``key`` is a valid preferences key."""
+    if not isinstance(key, str) or not PREFERENCE_KEY.fullmatch(key):
+        raise ValueError(f"not a preferences key: {key!r}")
+
+
+#: The keys of ``Storage.export_user``'s answer (see docs/storage.md).
+EXPORT_KEYS = (
+    "username",
+    "account",
+    "profile",
+    "sessions",
+    "sanctions",
+    "chat_messages",
+    "conversations",
+    *(kind.collection for kind in LOG_RECORD_TYPES),
+    "user_tags_made",
+    "reactions_given",
+    "reactions_received",
+)
+
+#: The keys of ``Storage.delete_user``'s answer: how many of each were deleted,
+#: except ``chat_messages`` and ``user_tags_made``, which were anonymised.
+DELETED_KINDS = (
+    "sessions",
+    "chat_messages",
+    "user_tags_made",
+    "profile",
+    "reactions_received",
+    "reactions_given",
+    "sanctions",
+    "conversations",
+    *(kind.collection for kind in LOG_RECORD_TYPES),
+    "account",
+)
+
+
+def check_usage_amounts(counts: Iterable[int], seconds: float) -> None:
+    """``ValueError`` unless every ``bump_usage`` count is an int >= 0 and
+    ``seconds`` a finite number >= 0: usage stats count what happened and
+    never go down."""
+    for count in counts:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"usage counts must be ints >= 0, got {count!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(f"usage seconds must be a number, got {seconds!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"usage seconds must be finite and >= 0, got {seconds!r}")
+
+
+def check_reaction(from_user: str, to_user: str, kind: str) -> None:
+    """``ValueError`` for an unknown kind or a reaction to oneself."""
+    if kind not in REACTION_KINDS:
+        raise ValueError(f"unknown reaction kind {kind!r}; expected one of {REACTION_KINDS}")
+    if username_key(from_user) == username_key(to_user):
+        raise ValueError("nobody can react to their own profile")
+
+
+def check_profile_listing(offset: int, sort: str) -> None:
+    """``ValueError`` for a negative offset or an unknown sort."""
+    if offset < 0:
+        raise ValueError(f"offset must not be negative, got {offset}")
+    if sort not in PROFILE_SORTS:
+        raise ValueError(f"unknown profile sort {sort!r}; expected one of {PROFILE_SORTS}")
+
+
+def check_replacement(username: str, replacement: str) -> None:
+    """``ValueError`` unless ``replacement`` is a name of its own: messages
+    renamed to the person's own name would not be anonymised."""
+    if not username_key(replacement) or username_key(replacement) == username_key(username):
+        raise ValueError(f"replacement must be another, non-empty name, got {replacement!r}")
+
+
+def _lists(value: Any) -> Any:
+    """``value`` with every tuple turned into a list, as JSON has them."""
+    if isinstance(value, (tuple, list)):
+        return [_lists(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _lists(item) for key, item in value.items()}
+    return value
+
+
+def _plain(record: Any, *without: str) -> dict[str, Any]:
+    """A record as JSON-serialisable data (tuples become lists), less ``without``."""
+    data: dict[str, Any] = _lists(attrs.asdict(record))
+    for name in without:
+        del data[name]
+    return data
+
+
+def export_document(
+    username: str,
+    *,
+    account: Account | None,
+    profile: Profile | None,
+    sessions: Iterable[Session],
+    sanctions: Iterable[Sanction],
+    chat_messages: Iterable[ChatMessage],
+    conversations: Iterable[Conversation],
+    records: Mapping[str, Sequence[LogRecord]],
+    user_tags_made: Iterable[UserTagInteraction],
+    reactions_given: Iterable[Reaction],
+    reactions_received: Iterable[Reaction],
+) -> dict[str, Any]:
+    """``Storage.export_user``'s answer, the same from every backend: the
+    records as plain data, keyed by ``EXPORT_KEYS``. The password hash and
+    the session token hashes are left out: they are secrets, not data about
+    the person. ``records`` maps each log collection name to its records."""
+    name = account.username if account else profile.username if profile else username
+    return {
+        "username": name,
+        "account": _plain(account, "password_hash") if account else None,
+        "profile": _plain(profile) if profile else None,
+        "sessions": [_plain(s, "token_hash", "username") for s in sessions],
+        "sanctions": [_plain(s, "username") for s in sanctions],
+        "chat_messages": [_plain(m) for m in chat_messages],
+        "conversations": [_plain(c) for c in conversations],
+        **{
+            kind.collection: [_plain(r) for r in records.get(kind.collection, ())]
+            for kind in LOG_RECORD_TYPES
+        },
+        "user_tags_made": [_plain(t) for t in user_tags_made],
+        "reactions_given": [_plain(r, "from_user") for r in reactions_given],
+        "reactions_received": [_plain(r, "to_user") for r in reactions_received],
+    }
 
 
 class Storage(abc.ABC):
@@ -153,9 +300,101 @@ class Storage(abc.ABC):
         ``NotFoundError`` if absent; ``ValueError`` for an unknown field."""
 
     @abc.abstractmethod
+    async def set_preference(self, username: str, key: str, value: Any) -> Profile:
+        """Atomically set ``preferences[key] = value`` (a JSON-compatible value),
+        leaving every other key as it is, even when other keys are set at the
+        same moment; return the new profile. ``key`` matches
+        ``PREFERENCE_KEY`` (else ``ValueError``). ``NotFoundError`` if absent."""
+
+    @abc.abstractmethod
     async def add_xp(self, username: str, amount: int) -> Profile:
         """Atomically add ``amount`` XP (may be negative, never below 0) and
         return the new profile. ``NotFoundError`` if absent."""
+
+    # -- profiles: usage, reactions, the community, your data -----------------
+
+    @abc.abstractmethod
+    async def bump_usage(
+        self,
+        username: str,
+        now: float,
+        *,
+        sessions: int = 0,
+        seconds: float = 0.0,
+        messages: int = 0,
+        triggers: int = 0,
+        replies: int = 0,
+    ) -> None:
+        """Atomically add to the person's usage stats (``sessions_count``,
+        ``total_time_spent``, ``messages_posted``, ``triggers_activated``,
+        ``companion_replies``) and set ``last_active = now``; the profile is
+        created (as ``ensure_profile(username, now)`` would) if missing. Never
+        loses a concurrent increment. ``ValueError`` for a negative or
+        non-finite amount, before anything is stored."""
+
+    @abc.abstractmethod
+    async def set_reaction(
+        self, from_user: str, to_user: str, kind: str, on: bool
+    ) -> tuple[bool, int, int]:
+        """Give (``on``) or take back a ``"like"`` or ``"love"`` of ``from_user``
+        to ``to_user``'s profile: at most one of each kind per person per
+        profile. Returns ``(changed, likes, loves)``: whether this call changed
+        anything, and ``to_user``'s counts afterwards. Idempotent: giving twice
+        or taking back what was not given changes nothing. The profile's
+        ``likes``/``loves`` are kept equal to the number of reactions stored.
+        ``ValueError`` for an unknown kind or ``from_user == to_user``
+        (case-insensitively); ``NotFoundError`` when ``to_user`` has no profile."""
+
+    @abc.abstractmethod
+    async def reactions_given(self, from_user: str, to_user: str) -> frozenset[str]:
+        """The kinds ``from_user`` has given ``to_user`` (case-insensitive names)."""
+
+    @abc.abstractmethod
+    async def list_profiles(
+        self, *, offset: int, limit: int, sort: str, query: str = "", public_only: bool = True
+    ) -> list[Profile]:
+        """Profiles for the community page, paged. ``sort`` is one of
+        ``models.PROFILE_SORTS``: ``"xp"`` (also serves level), ``"likes"``,
+        ``"loves"`` (each most first), ``"joined"`` (newest first) or ``"name"``
+        (username key order); ties are broken by username key. ``query``, when
+        not empty, keeps the profiles whose username or display name contains
+        it, case-insensitively (``str.casefold``; ``%``, ``_`` and every other
+        character match only themselves). ``public_only`` hides profiles whose
+        ``visibility`` is ``"private"``. ``ValueError`` for an unknown sort or
+        a negative offset."""
+
+    @abc.abstractmethod
+    async def count_profiles(self, *, query: str = "", public_only: bool = True) -> int:
+        """How many profiles ``list_profiles`` would page through."""
+
+    @abc.abstractmethod
+    async def export_user(self, username: str) -> dict[str, Any]:
+        """Everything stored about the person, JSON-serialisable, keyed by
+        ``EXPORT_KEYS`` (built by ``export_document``; docs/storage.md lists
+        each key): the account (without its password hash), the profile, the
+        sessions of that name (created, expires, guest; no token hashes), the
+        sanctions against them, the chat messages posted under that name, their
+        conversations (owner ``username``, not ``guest:…``), every log record
+        of theirs, the user tag records where they mentioned someone, and the
+        reactions they gave and received. An unknown person gives ``None`` and
+        empty lists."""
+
+    @abc.abstractmethod
+    async def delete_user(self, username: str, replacement: str) -> dict[str, int]:
+        """Remove the person's personal data: sessions, profile, reactions
+        received, reactions given (the other profiles' counts decremented),
+        sanctions, conversations, log records, and the account last. Their chat
+        messages stay in the rooms' history (room, seq, text, mentions and
+        links intact) under the name ``replacement`` (e.g.
+        ``"deleted-user-3fa2"``, a name no account can take), and so does their
+        name in other people's user tag records. Returns how many of each
+        ``DELETED_KINDS`` were deleted or renamed. Idempotent: a second call
+        finds nothing and returns zeros. Callers close the person's connections
+        first: ``bump_usage`` or ``ensure_profile`` afterwards would create a
+        new, empty profile. ``ValueError`` when ``replacement`` is empty or the
+        person's own name. SQLite does it in one transaction; MongoDB, without
+        transactions, in an order that a crash cannot make unsafe (see
+        ``mongo.MongoStorage.delete_user``): running it again completes it."""
 
     # -- public chat ----------------------------------------------------------
 
@@ -212,6 +451,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def delete_conversations(self, owner: str) -> int:
         """Delete every conversation of ``owner``; how many."""
+
+    @abc.abstractmethod
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        """Delete the conversation with this id (whoever owns it: callers check
+        the owner first); False if there was none."""
 
     # -- interaction logs -----------------------------------------------------
 

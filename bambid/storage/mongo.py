@@ -27,6 +27,14 @@ dropped (``OBSOLETE_INDEXES``) and each such conversation gets an id
 (``backfill_conversation_ids``) before the unique ``{conversation_id: 1}``
 index is created.
 
+Profiles carry a ``display_name_key`` (the casefolded display name) for the
+community search; profiles written before it get one at ``open()``
+(``backfill_display_name_keys``). Likes and loves are documents of the
+``reactions`` collection (unique per giver, profile and kind); each profile's
+``likes``/``loves`` follow them by guarded ``$inc`` (``MongoStorage.set_reaction``
+says how). Deleting a person is a sequence of single writes in a safe order
+(``MongoStorage.delete_user``).
+
 txmongo is imported only when a connection is made: importing it installs
 Twisted's global reactor, which a library module must not do on import. Its
 connection pool runs on that global reactor.
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
@@ -65,6 +74,7 @@ from bambid.models import (
     Mention,
     NewChatMessage,
     Profile,
+    Reaction,
     Sanction,
     Session,
     SocialLinks,
@@ -75,11 +85,19 @@ from bambid.models import (
     username_key,
 )
 from bambid.storage.interface import (
+    DELETED_KINDS,
+    REACTION_COUNTERS,
     DuplicateError,
     NotFoundError,
     R,
     Storage,
     StorageError,
+    check_preference_key,
+    check_profile_listing,
+    check_reaction,
+    check_replacement,
+    check_usage_amounts,
+    export_document,
 )
 
 T = TypeVar("T")
@@ -106,6 +124,7 @@ CHAT_MESSAGES = "chat_messages"
 COUNTERS = "counters"
 CONVERSATIONS = "conversations"
 SANCTIONS = "sanctions"
+REACTIONS = "reactions"
 
 
 # --- configuration -------------------------------------------------------------
@@ -218,6 +237,18 @@ INDEXES: tuple[IndexSpec, ...] = (
     IndexSpec(CONVERSATIONS, (("conversation_id", 1),), unique=True),
     IndexSpec(CONVERSATIONS, (("owner_key", 1), ("updated_at", -1))),
     IndexSpec(SANCTIONS, (("kind", 1), ("username_key", 1)), unique=True),
+    # Profiles and progression: the community list's orders (each with its
+    # tie-break by name), the search on display names (an unanchored regex
+    # scans these keys rather than the documents), a person's messages for
+    # export and deletion, and the reactions given (unique) and received.
+    IndexSpec(PROFILES, (("xp", -1), ("username_key", 1))),
+    IndexSpec(PROFILES, (("likes", -1), ("username_key", 1))),
+    IndexSpec(PROFILES, (("loves", -1), ("username_key", 1))),
+    IndexSpec(PROFILES, (("created_at", -1), ("username_key", 1))),
+    IndexSpec(PROFILES, (("display_name_key", 1),)),
+    IndexSpec(CHAT_MESSAGES, (("username_key", 1), ("timestamp", 1), ("room", 1), ("seq", 1))),
+    IndexSpec(REACTIONS, (("from_key", 1), ("to_key", 1), ("kind", 1)), unique=True),
+    IndexSpec(REACTIONS, (("to_key", 1), ("kind", 1))),
 )
 
 #: Indexes of older bambid versions that ``open()`` drops when they exist: the
@@ -346,6 +377,7 @@ def usage_stats_to_document(stats: UsageStats) -> Document:
         "total_time_spent": stats.total_time_spent,
         "triggers_activated": stats.triggers_activated,
         "messages_posted": stats.messages_posted,
+        "companion_replies": stats.companion_replies,
     }
 
 
@@ -355,6 +387,7 @@ def usage_stats_from_document(doc: Mapping[str, Any]) -> UsageStats:
         total_time_spent=float(doc.get("total_time_spent", 0.0)),
         triggers_activated=int(doc.get("triggers_activated", 0)),
         messages_posted=int(doc.get("messages_posted", 0)),
+        companion_replies=int(doc.get("companion_replies", 0)),
     )
 
 
@@ -366,6 +399,7 @@ def profile_to_document(profile: Profile) -> Document:
         "last_active": to_datetime(profile.last_active),
         "xp": profile.xp,
         "display_name": profile.display_name,
+        "display_name_key": username_key(profile.display_name),
         "bio": profile.bio,
         "social_links": social_links_to_document(profile.social_links),
         "likes": profile.likes,
@@ -410,6 +444,8 @@ def profile_update_document(fields: Mapping[str, Any]) -> Document:
             if not isinstance(value, str):
                 raise ValueError(f"profile.{name} must be a str, got {value!r}")
             update[name] = value
+            if name == "display_name":  # what the community search matches
+                update["display_name_key"] = username_key(value)
         elif name == "last_active":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"profile.last_active must be a number, got {value!r}")
@@ -724,6 +760,58 @@ def _sort(keys: tuple[tuple[str, int], ...]) -> Any:
     return qf.sort(list(keys))
 
 
+# --- profiles and progression ----------------------------------------------------------
+
+#: ``list_profiles`` orders (``models.PROFILE_SORTS``), each backed by an index.
+PROFILE_ORDERS: dict[str, tuple[tuple[str, int], ...]] = {
+    "xp": (("xp", -1), ("username_key", 1)),
+    "likes": (("likes", -1), ("username_key", 1)),
+    "loves": (("loves", -1), ("username_key", 1)),
+    "joined": (("created_at", -1), ("username_key", 1)),
+    "name": (("username_key", 1),),
+}
+
+#: What a regular expression gives a meaning to, outside a character class.
+_REGEX_SPECIAL = frozenset("\\^$.|?*+()[]{}")
+
+
+def regex_literal(text: str) -> str:
+    """A regular expression (PCRE, as MongoDB's ``$regex``; Python's ``re``
+    reads it the same) matching ``text`` itself anywhere: metacharacters are
+    escaped, NUL (which a ``$regex`` string must not hold) is written ``\\x00``."""
+    return "".join("\\x00" if c == "\x00" else "\\" + c if c in _REGEX_SPECIAL else c for c in text)
+
+
+def profile_filter(query: str, public_only: bool) -> Document:
+    """The filter of ``list_profiles`` and ``count_profiles``: the casefolded
+    query within ``username_key`` or ``display_name_key``, public ones only."""
+    conditions: Document = {}
+    if public_only:
+        conditions["visibility"] = {"$ne": "private"}
+    key = username_key(query)
+    if key:
+        pattern = regex_literal(key)
+        conditions["$or"] = [
+            {"username_key": {"$regex": pattern}},
+            {"display_name_key": {"$regex": pattern}},
+        ]
+    return conditions
+
+
+def reaction_query(from_user: str, to_user: str, kind: str) -> Document:
+    """The unique key of one reaction document."""
+    return {"from_key": username_key(from_user), "to_key": username_key(to_user), "kind": kind}
+
+
+def reaction_from_document(doc: Mapping[str, Any]) -> Reaction:
+    return Reaction(from_user=doc["from_user"], to_user=doc["to_user"], kind=doc["kind"])
+
+
+#: Sanctions of a person through the unique ``{kind, username_key}`` index.
+def _sanctions_of(key: str) -> Document:
+    return {"kind": {"$in": list(SANCTION_KINDS)}, "username_key": key}
+
+
 # --- the storage ----------------------------------------------------------------------
 
 
@@ -786,6 +874,8 @@ class MongoStorage(Storage):
                     )
             with _driver_errors("backfill session keys"):
                 await backfill_session_keys(self._db, self._timeout)
+            with _driver_errors("backfill display name keys"):
+                await backfill_display_name_keys(self._db, self._timeout)
         except BaseException:
             await self._disconnect()
             self._state = "closed"
@@ -1019,6 +1109,21 @@ class MongoStorage(Storage):
             raise NotFoundError(f"no profile {username!r}")
         return profile_from_document(doc)
 
+    async def set_preference(self, username: str, key: str, value: Any) -> Profile:
+        check_preference_key(key)  # also makes the dotted field path safe
+        json.dumps(value)  # JSON-compatible values only, as on SQLite
+        with self._operation("set preference") as db:
+            # One $set of the nested field: other keys are never rewritten.
+            doc = await db[PROFILES].find_one_and_update(
+                {"username_key": username_key(username)},
+                {"$set": {f"preferences.{key}": value}},
+                return_document=ReturnDocument.AFTER,
+                timeout=self._timeout,
+            )
+        if doc is None:
+            raise NotFoundError(f"no profile {username!r}")
+        return profile_from_document(doc)
+
     async def add_xp(self, username: str, amount: int) -> Profile:
         with self._operation("add xp") as db:
             # An update pipeline (MongoDB >= 4.2) floors the sum at 0 atomically.
@@ -1031,6 +1136,261 @@ class MongoStorage(Storage):
         if doc is None:
             raise NotFoundError(f"no profile {username!r}")
         return profile_from_document(doc)
+
+    # -- profiles: usage, reactions, the community, your data -------------------------------
+
+    async def bump_usage(
+        self,
+        username: str,
+        now: float,
+        *,
+        sessions: int = 0,
+        seconds: float = 0.0,
+        messages: int = 0,
+        triggers: int = 0,
+        replies: int = 0,
+    ) -> None:
+        check_usage_amounts((sessions, messages, triggers, replies), seconds)
+        initial = profile_to_document(Profile(username=username, created_at=now, last_active=now))
+        # The upsert takes username_key from the query; $inc and $set write the
+        # others (a field may appear in one operator only). $inc of every
+        # counter, zeros included, gives a new profile all five and an old one
+        # the counters it lacks.
+        for name in ("username_key", "usage_stats", "last_active"):
+            del initial[name]
+        update: Document = {
+            "$setOnInsert": initial,
+            "$set": {"last_active": to_datetime(now)},
+            "$inc": {
+                "usage_stats.sessions_count": sessions,
+                "usage_stats.total_time_spent": float(seconds),
+                "usage_stats.triggers_activated": triggers,
+                "usage_stats.messages_posted": messages,
+                "usage_stats.companion_replies": replies,
+            },
+        }
+        with self._operation("bump usage") as db:
+            for attempt in (1, 2):
+                try:
+                    await db[PROFILES].update_one(
+                        {"username_key": username_key(username)},
+                        update,
+                        upsert=True,
+                        timeout=self._timeout,
+                    )
+                    break
+                except DuplicateKeyError:
+                    if attempt == 2:  # a concurrent upsert created it: now it updates
+                        raise
+
+    async def set_reaction(
+        self, from_user: str, to_user: str, kind: str, on: bool
+    ) -> tuple[bool, int, int]:
+        """Without transactions, the reaction document and the profile's count
+        are two writes. The count stays exact under races because the ``$inc``
+        is guarded by the reaction document: only the call whose own write
+        changed that document moves the count, by one. Giving inserts the
+        document, and the unique ``{from_key, to_key, kind}`` index lets exactly
+        one of any number of concurrent inserts succeed (the others get a
+        duplicate key: nothing changed, no ``$inc``); taking back deletes it,
+        and only a ``delete_one`` that reports one deleted document decrements.
+        So every ``+1`` is paired with one insert and every ``-1`` with the
+        delete of a document that was counted; racing give/take-back pairs
+        may apply their two ``$inc`` in either order, and the count may show
+        one less for that moment, never a wrong final value. If the profile
+        disappears between the two writes (``delete_user``), the reaction just
+        inserted is deleted again and ``NotFoundError`` raised. What a crash
+        of the daemon between the two writes leaves (a count one off) needs a
+        transaction to rule out; SQLite has it."""
+        check_reaction(from_user, to_user, kind)
+        key = reaction_query(from_user, to_user, kind)
+        profile_query: Document = {"username_key": key["to_key"]}
+        counter = REACTION_COUNTERS[kind]
+        with self._operation("set reaction") as db:
+            if await db[PROFILES].find_one(profile_query, timeout=self._timeout) is None:
+                raise NotFoundError(f"no profile {to_user!r}")
+            if on:
+                try:
+                    await db[REACTIONS].insert_one(
+                        {**key, "from_user": from_user, "to_user": to_user},
+                        timeout=self._timeout,
+                    )
+                    changed = True
+                except DuplicateKeyError:
+                    changed = False  # given already: this call changed nothing
+            else:
+                result = await db[REACTIONS].delete_one(key, timeout=self._timeout)
+                changed = int(result.deleted_count) == 1
+            if changed:
+                doc = await db[PROFILES].find_one_and_update(
+                    profile_query,
+                    {"$inc": {counter: 1 if on else -1}},
+                    return_document=ReturnDocument.AFTER,
+                    timeout=self._timeout,
+                )
+                if doc is None:  # deleted meanwhile: leave no reaction to it behind
+                    if on:
+                        await db[REACTIONS].delete_one(key, timeout=self._timeout)
+                    raise NotFoundError(f"no profile {to_user!r}")
+            else:
+                doc = await db[PROFILES].find_one(profile_query, timeout=self._timeout)
+                if doc is None:
+                    raise NotFoundError(f"no profile {to_user!r}")
+        return changed, int(doc.get("likes", 0)), int(doc.get("loves", 0))
+
+    async def reactions_given(self, from_user: str, to_user: str) -> frozenset[str]:
+        query: Document = {"from_key": username_key(from_user), "to_key": username_key(to_user)}
+        with self._operation("reactions given") as db:
+            docs = await self._find(db, REACTIONS, query, (("kind", 1),), 0)
+        return frozenset(doc["kind"] for doc in docs)
+
+    async def list_profiles(
+        self, *, offset: int, limit: int, sort: str, query: str = "", public_only: bool = True
+    ) -> list[Profile]:
+        check_profile_listing(offset, sort)
+        if limit <= 0:
+            return []
+        conditions = profile_filter(query, public_only)
+        with self._operation("list profiles") as db:
+            docs = await self._find(db, PROFILES, conditions, PROFILE_ORDERS[sort], limit, offset)
+        return [profile_from_document(doc) for doc in docs]
+
+    async def count_profiles(self, *, query: str = "", public_only: bool = True) -> int:
+        conditions = profile_filter(query, public_only)
+        with self._operation("count profiles") as db:
+            count = await db[PROFILES].count_documents(conditions, timeout=self._timeout)
+        return int(count)
+
+    async def export_user(self, username: str) -> dict[str, Any]:
+        """Read one collection after another: not a snapshot, as MongoDB
+        without a transaction gives none."""
+        key = username_key(username)
+        mine: Document = {"username_key": key}
+        newest_first = (("timestamp", -1), ("_id", -1))
+        with self._operation("export user") as db:
+            account = await db[ACCOUNTS].find_one(mine, timeout=self._timeout)
+            profile = await db[PROFILES].find_one(mine, timeout=self._timeout)
+            sessions = await self._find(
+                db, SESSIONS, mine, (("created_at", 1), ("token_hash", 1)), 0
+            )
+            sanctions = await self._find(db, SANCTIONS, _sanctions_of(key), (("kind", 1),), 0)
+            messages = await self._find(
+                db, CHAT_MESSAGES, mine, (("timestamp", 1), ("room", 1), ("seq", 1)), 0
+            )
+            conversations = await self._find(
+                db, CONVERSATIONS, {"owner_key": key}, CONVERSATION_ORDER, 0
+            )
+            records: dict[str, list[LogRecord]] = {}
+            for kind, codec in LOG_CODECS.items():
+                docs = await self._find(db, kind.collection, mine, newest_first, 0)
+                records[kind.collection] = [codec.from_document(doc) for doc in docs]
+            names = await tag_names_of(db, key, self._timeout)
+            tags_made = (
+                await self._find(
+                    db,
+                    UserTagInteraction.collection,
+                    {"by": {"$in": names}, "username_key": {"$ne": key}},
+                    newest_first,
+                    0,
+                )
+                if names
+                else []
+            )
+            given = await self._find(
+                db, REACTIONS, {"from_key": key}, (("to_key", 1), ("kind", 1)), 0
+            )
+            received = await self._find(
+                db, REACTIONS, {"to_key": key}, (("from_key", 1), ("kind", 1)), 0
+            )
+        return export_document(
+            username,
+            account=account_from_document(account) if account else None,
+            profile=profile_from_document(profile) if profile else None,
+            sessions=[session_from_document(doc) for doc in sessions],
+            sanctions=[sanction_from_document(doc) for doc in sanctions],
+            chat_messages=[chat_message_from_document(doc) for doc in messages],
+            conversations=[conversation_from_document(doc) for doc in conversations],
+            records=records,
+            user_tags_made=[user_tag_interaction_from_document(doc) for doc in tags_made],
+            reactions_given=[reaction_from_document(doc) for doc in given],
+            reactions_received=[reaction_from_document(doc) for doc in received],
+        )
+
+    async def delete_user(self, username: str, replacement: str) -> dict[str, int]:
+        """MongoDB runs multi-document transactions only on a replica set, so
+        this is a sequence of single writes, each durable before the next, in
+        an order chosen so that stopping after any of them is safe:
+
+        1. ``sessions``: signed out everywhere (callers close connections too).
+        2. ``chat_messages`` renamed to ``replacement``, then the ``by`` of
+           other people's user tag records: their name leaves public view first.
+        3. ``profiles``: the page and the community entry go.
+        4. ``reactions`` received (the profile they counted on is gone), then
+           those given, one by one: ``delete_one`` by ``_id``, and only when it
+           deleted the document the target profile's count ``$inc`` -1 (the
+           guard of ``set_reaction``, so a concurrent take-back cannot
+           decrement twice).
+        5. ``sanctions``, ``conversations`` and every log collection.
+        6. ``accounts`` last.
+
+        Whatever a crash leaves after step 3 (reactions, conversations, logs,
+        sanctions) is shown to nobody but the person, through their own
+        account. The account goes last so that the name cannot be registered
+        by someone else, who would see that rest, until nothing else is left;
+        the person (or an admin) runs the deletion again to complete it, which
+        is safe because every step is idempotent."""
+        check_replacement(username, replacement)
+        key = username_key(username)
+        mine: Document = {"username_key": key}
+        counts: dict[str, int] = {}
+        timeout = self._timeout
+        with self._operation("delete user") as db:
+            result = await db[SESSIONS].delete_many(mine, timeout=timeout)
+            counts["sessions"] = int(result.deleted_count)
+
+            result = await db[CHAT_MESSAGES].update_many(
+                mine,
+                {"$set": {"username": replacement, "username_key": username_key(replacement)}},
+                timeout=timeout,
+            )
+            counts["chat_messages"] = int(result.matched_count)
+            counts["user_tags_made"] = 0
+            for name in await tag_names_of(db, key, timeout):
+                result = await db[UserTagInteraction.collection].update_many(
+                    {"by": name, "username_key": {"$ne": key}},
+                    {"$set": {"by": replacement}},
+                    timeout=timeout,
+                )
+                counts["user_tags_made"] += int(result.matched_count)
+
+            result = await db[PROFILES].delete_one(mine, timeout=timeout)
+            counts["profile"] = int(result.deleted_count)
+
+            result = await db[REACTIONS].delete_many({"to_key": key}, timeout=timeout)
+            counts["reactions_received"] = int(result.deleted_count)
+            given = await self._find(db, REACTIONS, {"from_key": key}, (("_id", 1),), 0)
+            counts["reactions_given"] = 0
+            for doc in given:
+                result = await db[REACTIONS].delete_one({"_id": doc["_id"]}, timeout=timeout)
+                if int(result.deleted_count) == 1:
+                    await db[PROFILES].update_one(
+                        {"username_key": doc["to_key"]},
+                        {"$inc": {REACTION_COUNTERS[doc["kind"]]: -1}},
+                        timeout=timeout,
+                    )
+                    counts["reactions_given"] += 1
+
+            result = await db[SANCTIONS].delete_many(_sanctions_of(key), timeout=timeout)
+            counts["sanctions"] = int(result.deleted_count)
+            result = await db[CONVERSATIONS].delete_many({"owner_key": key}, timeout=timeout)
+            counts["conversations"] = int(result.deleted_count)
+            for collection in LOG_COLLECTIONS:
+                result = await db[collection].delete_many(mine, timeout=timeout)
+                counts[collection] = int(result.deleted_count)
+
+            result = await db[ACCOUNTS].delete_one(mine, timeout=timeout)
+            counts["account"] = int(result.deleted_count)
+        return {kind: counts[kind] for kind in DELETED_KINDS}
 
     # -- public chat -------------------------------------------------------------------
 
@@ -1156,6 +1516,13 @@ class MongoStorage(Storage):
             )
         return int(result.deleted_count)
 
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        with self._operation("delete conversation") as db:
+            result = await db[CONVERSATIONS].delete_one(
+                {"conversation_id": conversation_id}, timeout=self._timeout
+            )
+        return int(result.deleted_count) > 0
+
     # -- interaction logs ------------------------------------------------------------------
 
     async def record(self, entry: LogRecord) -> None:
@@ -1200,6 +1567,35 @@ async def drop_index_if_exists(db: Any, spec: IndexSpec, timeout: float) -> bool
             return False
         raise
     return True
+
+
+async def backfill_display_name_keys(db: Any, timeout: float) -> int:
+    """Give every profile stored without a ``display_name_key`` (written before
+    the community search) its key; return how many display names needed it.
+    Idempotent: one ``distinct`` when there is nothing to do, then one
+    ``update_many`` per display name (most old profiles share ``""``)."""
+    missing: Document = {"display_name_key": {"$exists": False}}
+    names = await db[PROFILES].distinct("display_name", missing, timeout=timeout)
+    filled = 0
+    for name in names or ():
+        if isinstance(name, str):
+            await db[PROFILES].update_many(
+                {"display_name": name, **missing},
+                {"$set": {"display_name_key": username_key(name)}},
+                timeout=timeout,
+            )
+            filled += 1
+    return filled
+
+
+async def tag_names_of(db: Any, key: str, timeout: float) -> list[str]:
+    """The spellings of the name with ``username_key`` ``key`` found as ``by`` in
+    other people's user tag records (``by`` has no key field: one ``distinct``,
+    folded here, since MongoDB cannot casefold)."""
+    names = await db[UserTagInteraction.collection].distinct(
+        "by", {"username_key": {"$ne": key}}, timeout=timeout
+    )
+    return [n for n in names or () if isinstance(n, str) and username_key(n) == key]
 
 
 async def backfill_conversation_ids(db: Any, timeout: float) -> int:

@@ -59,6 +59,7 @@ from bambid.models import (
     Mention,
     NewChatMessage,
     Profile,
+    Reaction,
     Sanction,
     Session,
     SocialLinks,
@@ -68,11 +69,19 @@ from bambid.models import (
     username_key,
 )
 from bambid.storage.interface import (
+    DELETED_KINDS,
+    REACTION_COUNTERS,
     DuplicateError,
     NotFoundError,
     R,
     Storage,
     StorageError,
+    check_preference_key,
+    check_profile_listing,
+    check_reaction,
+    check_replacement,
+    check_usage_amounts,
+    export_document,
 )
 
 T = TypeVar("T")
@@ -273,6 +282,7 @@ def _usage_stats_to_json(stats: UsageStats) -> str:
             "total_time_spent": stats.total_time_spent,
             "triggers_activated": stats.triggers_activated,
             "messages_posted": stats.messages_posted,
+            "companion_replies": stats.companion_replies,
         }
     )
 
@@ -284,6 +294,7 @@ def _usage_stats_from_json(text: str) -> UsageStats:
         total_time_spent=float(data.get("total_time_spent", 0.0)),
         triggers_activated=int(data.get("triggers_activated", 0)),
         messages_posted=int(data.get("messages_posted", 0)),
+        companion_replies=int(data.get("companion_replies", 0)),
     )
 
 
@@ -617,6 +628,8 @@ def _profile_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
             if not isinstance(value, str):
                 raise ValueError(f"profile.{name} must be a str, got {value!r}")
             columns[name] = value
+            if name == "display_name":  # what the community search matches
+                columns["display_name_key"] = username_key(value)
         elif name == "last_active":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"profile.last_active must be a number, got {value!r}")
@@ -634,6 +647,38 @@ def _profile_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"profile.preferences must be a mapping, got {value!r}")
             columns[name] = _json(dict(value))
     return columns
+
+
+# --- the community list ------------------------------------------------------------
+
+#: ``ORDER BY`` for each of ``models.PROFILE_SORTS``; each has an index (0005).
+_PROFILE_ORDER = {
+    "xp": "xp DESC, username_key",
+    "likes": "likes DESC, username_key",
+    "loves": "loves DESC, username_key",
+    "joined": "created_at DESC, username_key",
+    "name": "username_key",
+}
+
+
+def _profile_filter(query: str, public_only: bool) -> tuple[str, tuple[Any, ...]]:
+    """The ``WHERE`` clause (and its parameters) of ``list_profiles`` and
+    ``count_profiles``. Both keys are casefolded, so is the query; ``instr``
+    rather than ``LIKE``: it has no wildcards to escape (``%``, ``_`` and ``\\``
+    match themselves) and, unlike ``LIKE``, does not stop at a NUL."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if public_only:
+        clauses.append("visibility != 'private'")
+    key = username_key(query)
+    if key:
+        clauses.append("(instr(username_key, ?) > 0 OR instr(display_name_key, ?) > 0)")
+        params += [key, key]
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _reaction_from_row(row: sqlite3.Row) -> Reaction:
+    return Reaction(from_user=row["from_user"], to_user=row["to_user"], kind=row["kind"])
 
 
 # --- the storage -------------------------------------------------------------------
@@ -1046,32 +1091,40 @@ class SQLiteStorage(Storage):
         key = username_key(username)
 
         def upsert(conn: sqlite3.Connection) -> Profile:
-            defaults = Profile(username=username, created_at=now, last_active=now)
-            conn.execute(
-                "INSERT INTO profiles (username_key, username, created_at, last_active, xp,"
-                " display_name, bio, social_links, likes, loves, profile_style, visibility,"
-                " preferences, usage_stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (username_key) DO NOTHING",
-                (
-                    key,
-                    defaults.username,
-                    defaults.created_at,
-                    defaults.last_active,
-                    defaults.xp,
-                    defaults.display_name,
-                    defaults.bio,
-                    _social_links_to_json(defaults.social_links),
-                    defaults.likes,
-                    defaults.loves,
-                    defaults.profile_style,
-                    defaults.visibility,
-                    _json(defaults.preferences),
-                    _usage_stats_to_json(defaults.usage_stats),
-                ),
-            )
+            self._insert_profile(conn, username, now)
             return self._select_profile(conn, key, username)
 
         return await self._submit(upsert, True)
+
+    @staticmethod
+    def _insert_profile(conn: sqlite3.Connection, username: str, now: float) -> None:
+        """Create the default profile of ``username`` (times ``now``) unless one exists."""
+        key = username_key(username)
+        defaults = Profile(username=username, created_at=now, last_active=now)
+        conn.execute(
+            "INSERT INTO profiles (username_key, username, created_at, last_active, xp,"
+            " display_name, display_name_key, bio, social_links, likes, loves, profile_style,"
+            " visibility, preferences, usage_stats)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (username_key) DO NOTHING",
+            (
+                key,
+                defaults.username,
+                defaults.created_at,
+                defaults.last_active,
+                defaults.xp,
+                defaults.display_name,
+                username_key(defaults.display_name),
+                defaults.bio,
+                _social_links_to_json(defaults.social_links),
+                defaults.likes,
+                defaults.loves,
+                defaults.profile_style,
+                defaults.visibility,
+                _json(defaults.preferences),
+                _usage_stats_to_json(defaults.usage_stats),
+            ),
+        )
 
     @staticmethod
     def _select_profile(conn: sqlite3.Connection, key: str, username: str) -> Profile:
@@ -1105,6 +1158,29 @@ class SQLiteStorage(Storage):
 
         return await self._submit(update, True)
 
+    async def set_preference(self, username: str, key: str, value: Any) -> Profile:
+        check_preference_key(key)
+        encoded = _json(value)  # refuses what is not JSON before it reaches the DB thread
+        profile_key = username_key(username)
+
+        def update(conn: sqlite3.Connection) -> Profile:
+            # Read and write in one job on the one DB thread: no other write
+            # can come between, so other keys are never lost.
+            row = conn.execute(
+                "SELECT preferences FROM profiles WHERE username_key = ?", (profile_key,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no profile {username!r}")
+            preferences = json.loads(row["preferences"])
+            preferences[key] = json.loads(encoded)
+            conn.execute(
+                "UPDATE profiles SET preferences = ? WHERE username_key = ?",
+                (_json(preferences), profile_key),
+            )
+            return self._select_profile(conn, profile_key, username)
+
+        return await self._submit(update, True)
+
     async def add_xp(self, username: str, amount: int) -> Profile:
         key = username_key(username)
 
@@ -1115,6 +1191,243 @@ class SQLiteStorage(Storage):
             return self._select_profile(conn, key, username)
 
         return await self._submit(update, True)
+
+    # -- profiles: usage, reactions, the community, your data -------------------------
+
+    async def bump_usage(
+        self,
+        username: str,
+        now: float,
+        *,
+        sessions: int = 0,
+        seconds: float = 0.0,
+        messages: int = 0,
+        triggers: int = 0,
+        replies: int = 0,
+    ) -> None:
+        check_usage_amounts((sessions, messages, triggers, replies), seconds)
+        key = username_key(username)
+
+        def bump(conn: sqlite3.Connection) -> None:
+            # Read, add, write back: atomic, because the job runs inside the
+            # batch's BEGIN IMMEDIATE (the write lock) on the only writer thread.
+            self._insert_profile(conn, username, now)
+            (text,) = conn.execute(
+                "SELECT usage_stats FROM profiles WHERE username_key = ?", (key,)
+            ).fetchone()
+            old = _usage_stats_from_json(text)
+            new = UsageStats(
+                sessions_count=old.sessions_count + sessions,
+                total_time_spent=old.total_time_spent + seconds,
+                triggers_activated=old.triggers_activated + triggers,
+                messages_posted=old.messages_posted + messages,
+                companion_replies=old.companion_replies + replies,
+            )
+            conn.execute(
+                "UPDATE profiles SET usage_stats = ?, last_active = ? WHERE username_key = ?",
+                (_usage_stats_to_json(new), float(now), key),
+            )
+
+        await self._submit(bump, True)
+
+    async def set_reaction(
+        self, from_user: str, to_user: str, kind: str, on: bool
+    ) -> tuple[bool, int, int]:
+        check_reaction(from_user, to_user, kind)
+        from_key, to_key = username_key(from_user), username_key(to_user)
+        counter = REACTION_COUNTERS[kind]  # a column name from a fixed table
+
+        def react(conn: sqlite3.Connection) -> tuple[bool, int, int]:
+            exists = conn.execute("SELECT 1 FROM profiles WHERE username_key = ?", (to_key,))
+            if exists.fetchone() is None:
+                raise NotFoundError(f"no profile {to_user!r}")
+            if on:
+                cursor = conn.execute(
+                    "INSERT INTO reactions (from_key, from_user, to_key, to_user, kind)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (from_key, to_key, kind) DO NOTHING",
+                    (from_key, from_user, to_key, to_user, kind),
+                )
+            else:
+                cursor = conn.execute(
+                    "DELETE FROM reactions WHERE from_key = ? AND to_key = ? AND kind = ?",
+                    (from_key, to_key, kind),
+                )
+            changed = cursor.rowcount == 1
+            if changed:  # the count moves in the transaction that moved the row
+                conn.execute(
+                    f"UPDATE profiles SET {counter} = {counter} + ? WHERE username_key = ?",
+                    (1 if on else -1, to_key),
+                )
+            likes, loves = conn.execute(
+                "SELECT likes, loves FROM profiles WHERE username_key = ?", (to_key,)
+            ).fetchone()
+            return changed, int(likes), int(loves)
+
+        return await self._submit(react, True)
+
+    async def reactions_given(self, from_user: str, to_user: str) -> frozenset[str]:
+        def select(conn: sqlite3.Connection) -> frozenset[str]:
+            rows = conn.execute(
+                "SELECT kind FROM reactions WHERE from_key = ? AND to_key = ?",
+                (username_key(from_user), username_key(to_user)),
+            ).fetchall()
+            return frozenset(row["kind"] for row in rows)
+
+        return await self._submit(select, False)
+
+    async def list_profiles(
+        self, *, offset: int, limit: int, sort: str, query: str = "", public_only: bool = True
+    ) -> list[Profile]:
+        check_profile_listing(offset, sort)
+        if limit <= 0:
+            return []
+        where, params = _profile_filter(query, public_only)
+        sql = f"SELECT * FROM profiles{where} ORDER BY {_PROFILE_ORDER[sort]} LIMIT ? OFFSET ?"
+
+        def select(conn: sqlite3.Connection) -> list[Profile]:
+            rows = conn.execute(sql, (*params, limit, offset)).fetchall()
+            return [_profile_from_row(row) for row in rows]
+
+        return await self._submit(select, False)
+
+    async def count_profiles(self, *, query: str = "", public_only: bool = True) -> int:
+        where, params = _profile_filter(query, public_only)
+
+        def select(conn: sqlite3.Connection) -> int:
+            (count,) = conn.execute(f"SELECT COUNT(*) FROM profiles{where}", params).fetchone()
+            return int(count)
+
+        return await self._submit(select, False)
+
+    async def export_user(self, username: str) -> dict[str, Any]:
+        key = username_key(username)
+
+        def collect(conn: sqlite3.Connection) -> dict[str, Any]:
+            # One job, one transaction: a consistent snapshot of the person.
+            def rows(sql: str, *params: Any) -> list[sqlite3.Row]:
+                return conn.execute(sql, params).fetchall()
+
+            account = rows("SELECT * FROM accounts WHERE username_key = ?", key)
+            profile = rows("SELECT * FROM profiles WHERE username_key = ?", key)
+            records = {
+                spec.table: [
+                    spec.from_row(row)
+                    for row in rows(
+                        f"SELECT * FROM {spec.table} WHERE username_key = ?"
+                        " ORDER BY timestamp DESC, id DESC",
+                        key,
+                    )
+                ]
+                for spec in _LOG_TABLES.values()
+            }
+            return export_document(
+                username,
+                account=_account_from_row(account[0]) if account else None,
+                profile=_profile_from_row(profile[0]) if profile else None,
+                sessions=[
+                    _session_from_row(row)
+                    for row in rows(
+                        "SELECT * FROM sessions WHERE username_key = ?"
+                        " ORDER BY created_at, token_hash",
+                        key,
+                    )
+                ],
+                sanctions=[
+                    _sanction_from_row(row)
+                    for row in rows(
+                        "SELECT * FROM sanctions WHERE username_key = ? ORDER BY kind", key
+                    )
+                ],
+                chat_messages=[
+                    _chat_from_row(row)
+                    for row in rows(
+                        "SELECT * FROM chat_messages WHERE username_key = ?"
+                        " ORDER BY timestamp, room, seq",
+                        key,
+                    )
+                ],
+                conversations=[
+                    _conversation_from_row(row)
+                    for row in rows(
+                        f"SELECT * FROM conversations WHERE owner_key = ?{_CONVERSATION_ORDER}",
+                        key,
+                    )
+                ],
+                records=records,
+                user_tags_made=[
+                    _tag_from_row(row)
+                    for row in rows(
+                        # by_username has no key column: bambid_username_key is
+                        # registered on this connection by migrate(). Mentions of
+                        # themselves are among their own records already.
+                        "SELECT * FROM user_tag_interactions"
+                        " WHERE bambid_username_key(by_username) = ? AND username_key != ?"
+                        " ORDER BY timestamp DESC, id DESC",
+                        key,
+                        key,
+                    )
+                ],
+                reactions_given=[
+                    _reaction_from_row(row)
+                    for row in rows(
+                        "SELECT * FROM reactions WHERE from_key = ? ORDER BY to_key, kind", key
+                    )
+                ],
+                reactions_received=[
+                    _reaction_from_row(row)
+                    for row in rows(
+                        "SELECT * FROM reactions WHERE to_key = ? ORDER BY from_key, kind", key
+                    )
+                ],
+            )
+
+        return await self._submit(collect, False)
+
+    async def delete_user(self, username: str, replacement: str) -> dict[str, int]:
+        check_replacement(username, replacement)
+        key, new_key = username_key(username), username_key(replacement)
+
+        def delete(conn: sqlite3.Connection) -> dict[str, int]:
+            # One job: everything below commits together or not at all.
+            counts: dict[str, int] = {}
+
+            def change(kind: str, sql: str, *params: Any) -> None:
+                counts[kind] = conn.execute(sql, params).rowcount
+
+            change("sessions", "DELETE FROM sessions WHERE username_key = ?", key)
+            change(
+                "chat_messages",
+                "UPDATE chat_messages SET username = ?, username_key = ? WHERE username_key = ?",
+                replacement,
+                new_key,
+                key,
+            )
+            change(
+                "user_tags_made",
+                "UPDATE user_tag_interactions SET by_username = ?"
+                " WHERE bambid_username_key(by_username) = ? AND username_key != ?",
+                replacement,
+                key,
+                key,
+            )
+            change("profile", "DELETE FROM profiles WHERE username_key = ?", key)
+            change("reactions_received", "DELETE FROM reactions WHERE to_key = ?", key)
+            for kind, counter in REACTION_COUNTERS.items():
+                # One reaction of a kind per profile: each such profile loses one.
+                conn.execute(
+                    f"UPDATE profiles SET {counter} = {counter} - 1 WHERE username_key IN"
+                    " (SELECT to_key FROM reactions WHERE from_key = ? AND kind = ?)",
+                    (key, kind),
+                )
+            change("reactions_given", "DELETE FROM reactions WHERE from_key = ?", key)
+            change("sanctions", "DELETE FROM sanctions WHERE username_key = ?", key)
+            change("conversations", "DELETE FROM conversations WHERE owner_key = ?", key)
+            for spec in _LOG_TABLES.values():
+                change(spec.table, f"DELETE FROM {spec.table} WHERE username_key = ?", key)
+            change("account", "DELETE FROM accounts WHERE username_key = ?", key)
+            return {kind: counts[kind] for kind in DELETED_KINDS}
+
+        return await self._submit(delete, True)
 
     # -- public chat ----------------------------------------------------------------
 
@@ -1278,6 +1591,15 @@ class SQLiteStorage(Storage):
 
         def delete(conn: sqlite3.Connection) -> int:
             return conn.execute("DELETE FROM conversations WHERE owner_key = ?", (key,)).rowcount
+
+        return await self._submit(delete, True)
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM conversations WHERE conversation_id = ?", (conversation_id,)
+            )
+            return cursor.rowcount > 0
 
         return await self._submit(delete, True)
 
