@@ -7,7 +7,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 APT_PACKAGES := espeak-ng ffmpeg redis-server chromium
 SOURCES := $(shell find bambid web twisted etc -type f -not -name '*.pyc' 2>/dev/null) setup.cfg pyproject.toml
 
-.PHONY: run test lint typecheck pytest apt-deps bench bench-ws bench-chat bench-ai bench-voice clean
+.PHONY: run test lint typecheck pytest apt-deps bench bench-ws bench-chat bench-ai bench-voice bench-triggers clean
 
 # --- environment ---------------------------------------------------------------
 
@@ -74,6 +74,9 @@ bench-ai: $(VENV)/.installed
 
 bench-voice: $(VENV)/.installed
 	$(BIN)/python -m bench.voice_latency
+
+bench-triggers: $(VENV)/.installed
+	$(BIN)/python -m bench.trigger_scan
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -276,6 +276,20 @@ class XPConfig:
     )
     chat_message: int = setting(2, _at_least(0))
     chat_awards_per_minute: int = setting(10, _at_least(0))
+    trigger_selection: int = setting(2, _at_least(0))
+    collar: int = setting(2, _at_least(0))
+    trigger_fired: int = setting(1, _at_least(0))
+
+
+@attrs.frozen
+class TriggersConfig:
+    """[triggers]: the trigger catalog, the engine's actions and the effects (docs/triggers.md)."""
+
+    catalog_file: str = setting("")
+    actions: list[str] = setting(attrs.Factory(lambda: ["audio", "flash", "xp", "record"]))
+    fire_cooldown_seconds: float = setting(60.0, _at_least(0))
+    collar_max_length: int = setting(500, _at_least(10))
+    read_max_bytes: int = setting(30720, _at_least(1024))
 
 
 @attrs.frozen
@@ -288,6 +302,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     xp: XPConfig = XPConfig()
+    triggers: TriggersConfig = TriggersConfig()
 
 
 SECTIONS: dict[str, type[Any]] = get_type_hints(Config)
@@ -308,6 +323,12 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     config = Config(**{name: _build_section(name, SECTIONS[name], raw[name]) for name in SECTIONS})
     if len(config.xp.unlocks) != len(config.xp.levels):
         raise ConfigError("xp.unlocks", "needs exactly one feature per level in xp.levels")
+    read_cap = max(1024, (config.server.max_message_size - 1024) // 2)
+    if config.triggers.read_max_bytes > read_cap:
+        # voice.read sends the text in one WebSocket message, and JSON escaping
+        # can double it: never promise more than fits (documented with the key).
+        triggers = attrs.evolve(config.triggers, read_max_bytes=read_cap)
+        config = attrs.evolve(config, triggers=triggers)
     return config
 
 

@@ -4,8 +4,9 @@ Start: open storage (migrations, indexes), open the audio cache and start the
 AI and TTS health checks, then listen. Stop (SIGTERM/SIGINT): stop listening,
 close every WebSocket with 1001 and wait for them (at most
 ``server.shutdown_timeout``), stop the AI health checks and every AI reply
-(each stored, marked stopped; its speech cancelled), then stop voice (health
-checks, synthesis records, espeak-ng processes), then let storage finish its
+(each stored, marked stopped; its speech cancelled), wait for the trigger
+actions still running, then stop voice (health checks, synthesis records,
+espeak-ng processes), then let storage finish its
 queued writes and close. A failure to start is logged as one
 critical line and the process exits with status 1.
 """
@@ -30,8 +31,11 @@ from bambid.auth.accounts import AccountService
 from bambid.auth.passwords import PasswordHashing
 from bambid.chat.handlers import ChatServices
 from bambid.config import Config, ConfigError
+from bambid.features.handlers import FeatureServices, build_collar
+from bambid.profiles.gates import Gates
 from bambid.storage import Storage
 from bambid.storage.factory import make_storage
+from bambid.triggers.handlers import TriggerServices
 from bambid.voice.handlers import VoiceServices
 from bambid.web.admin_routes import install_admin_routes
 from bambid.web.app import WebApp
@@ -40,6 +44,7 @@ from bambid.web.auth_routes import install_auth_routes
 from bambid.web.health import HealthReporter
 from bambid.web.links_routes import install_link_routes
 from bambid.web.site import BambidSite
+from bambid.web.trigger_routes import install_trigger_routes
 from bambid.web.voice_routes import install_voice_routes
 from bambid.ws.dispatch import Dispatcher
 from bambid.ws.protocol import BambidWebSocketFactory
@@ -78,9 +83,40 @@ class BambidService(MultiService):
         self.ws_factory.close_listeners.append(self.chat.hub.forget)
         # Voice (bambid.voice): speaks the companion's replies to the hub's people.
         self.voice = VoiceServices.build(
-            config.voice, self.storage, reactor, self.chat.hub, base_dir
+            config.voice,
+            self.storage,
+            reactor,
+            self.chat.hub,
+            base_dir,
+            read_max_bytes=config.triggers.read_max_bytes,
         )
         self.voice.register(self.dispatcher)
+        # Triggers (bambid.triggers): the catalog, consent, detection in replies
+        # and chat, the actions; reloaded by SIGHUP (tap) and /reload-triggers.
+        self.triggers = TriggerServices.build(
+            config,
+            self.storage,
+            reactor,
+            self.chat.hub,
+            self.chat.xp,
+            self.ws_factory.open_connections,
+            self.ws_factory.prepare,
+            base_dir,
+        )
+        self.triggers.register(self.dispatcher)
+        self.chat.hub.after_publish.append(self.triggers.engine.message_published)
+        self.chat.moderation.reload_triggers = self.triggers.reload_command
+        # Level gates and the collar (bambid.features), which the persona reads.
+        self.gates = Gates(self.chat.xp)
+        self.collar = build_collar(
+            config,
+            self.storage,
+            reactor,
+            self.chat.hub,
+            self.chat.cleaner.word_filter,
+            self.chat.xp,
+            self.gates,
+        )
         # The AI companion (bambid.ai): after the hub, whose forget must run
         # first when a connection closes.
         self.companion = CompanionServices.build(
@@ -90,11 +126,25 @@ class BambidService(MultiService):
             self.chat.hub,
             self.chat.cleaner.word_filter,
             self.chat.xp,
-            voice=self.voice.pipeline,
+            observers=[self.voice.pipeline, self.triggers.engine],
+            triggers_of=self.triggers.engine.persona_triggers,
+            collar_of=self.collar.collar_of,
         )
         self.companion.register(self.dispatcher)
+        # The other gated features (bambid.features): settings, session history;
+        # after the companion's handlers, two of which they gate.
+        self.features = FeatureServices.build(
+            self.collar,
+            self.storage,
+            self.chat.hub,
+            self.gates,
+            self.companion.companion,
+            self.voice.pipeline,
+        )
+        self.features.register(self.dispatcher)
         self.ws_factory.close_listeners.append(self.companion.connection_closed)
         self.ws_factory.close_listeners.append(self.voice.connection_closed)
+        self.ws_factory.close_listeners.append(self.triggers.connection_closed)
         self.health = HealthReporter(
             storage=self.storage,
             clock=reactor,
@@ -113,6 +163,9 @@ class BambidService(MultiService):
         )
         install_link_routes(self.web, self.storage, reactor, self.chat.admins, self.chat.hub.links)
         install_voice_routes(self.web, self.voice, self.auth_routes.identify, reactor)
+        install_trigger_routes(
+            self.web, self.triggers.engine, self.voice.speech, config.triggers.read_max_bytes
+        )
         self.site = BambidSite(
             self.web.resource(),
             max_body_size=config.server.max_body_size,
@@ -161,6 +214,7 @@ class BambidService(MultiService):
         await self._close_websockets()
         # Replies are stopped and stored while storage is still open.
         await self.companion.stop()
+        await self.triggers.stop()
         await self.voice.stop()
         self.chat.stop()
         await self.accounts.stop()

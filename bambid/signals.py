@@ -5,11 +5,17 @@ re-raise the signal on the way out, so the process dies with status -15/-2
 and systemd records a failure for an ordinary stop. These handlers stop the
 reactor the same way (every "before shutdown" trigger, so every service's
 ``stopService``, still runs) without marking the exit as a signal.
+
+SIGHUP means "reload": every callback given to ``on_reload`` is called in the
+reactor thread (``bambid.tap`` gives the trigger catalog's reload; a broken
+file is logged and the old catalog stays). ``on_reload`` only records the
+callback: the handler itself is installed by ``install``, in the daemon.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -18,9 +24,27 @@ from twisted.logger import Logger
 
 _log = Logger()
 
+#: What SIGHUP calls (see ``on_reload``).
+_reloads: list[Callable[[], object]] = []
+
+
+def on_reload(callback: Callable[[], object]) -> None:
+    """Call ``callback()`` (in the reactor thread) on every SIGHUP."""
+    _reloads.append(callback)
+
+
+def reload() -> None:
+    """Run every ``on_reload`` callback; one that raises is logged."""
+    for callback in list(_reloads):
+        try:
+            callback()
+        except Exception:
+            _log.failure("reloading on SIGHUP failed")
+
 
 def install(reactor: Any) -> None:
-    """Replace the reactor's SIGTERM/SIGINT handlers; call once it is running."""
+    """Replace the reactor's SIGTERM/SIGINT handlers and handle SIGHUP
+    (``reload``); call once it is running."""
 
     def stop() -> None:
         try:
@@ -34,3 +58,9 @@ def install(reactor: Any) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+    def hangup(number: int, frame: FrameType | None) -> None:
+        _log.info("received SIGHUP; reloading")
+        reactor.callFromThread(reload)
+
+    signal.signal(signal.SIGHUP, hangup)

@@ -51,6 +51,7 @@ def makeService(options: Options) -> IService:
     except configuration.ConfigError as e:
         fail_configuration(e)
     reactor.callWhenRunning(signals.install, reactor)
+    signals.on_reload(service.triggers.reload_from_signal)
     return service
 
 

@@ -56,6 +56,15 @@ DAEMON_ENV = {
     "BAMBID_AI_CONCURRENCY": "4",
 }
 
+#: This module's daemons only (other modules import DAEMON_ENV): past
+#: conversations (session history) unlock at level 1, reached with the first
+#: companion reply (1 XP a level), so the tests can open them.
+HISTORY_ENV = {
+    "BAMBID_XP_LEVELS": "[1, 2, 3, 4, 5, 6, 7, 8]",
+    "BAMBID_XP_UNLOCKS": "session_history,triggers,collar,spirals,hypnosis,"
+    "audio_playlist,binaural,advanced_binaural",
+}
+
 #: Runs before the page's scripts: records CSP violations.
 WATCH_SCRIPT = """
 window.__csp = [];
@@ -165,7 +174,7 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str],
                 daemon = exits.enter_context(
                     Daemon.start(
                         tmp_path_factory.mktemp(f"companion-{scenario}"),
-                        env={**DAEMON_ENV, "BAMBID_AI_URL": url},
+                        env={**DAEMON_ENV, **HISTORY_ENV, "BAMBID_AI_URL": url},
                     )
                 )
                 started[scenario] = Stack(daemon, llm)
@@ -393,7 +402,12 @@ def test_markdown_renders_and_html_stays_inert(
     server = stacks("echo").daemon
     tab = people.tab(people.person(server, "md_ada"), server)
     page = tab.page
-    census = "script, img, iframe, svg, object, embed, a[href^='javascript']"
+    # Counted in the transcript: other panels (triggers, effects) draw their own
+    # icons as they load, which says nothing about the reply.
+    census = ", ".join(
+        f"#companion-turns {tag}"
+        for tag in ("script", "img", "iframe", "svg", "object", "embed", "a[href^='javascript']")
+    )
     before = page.evaluate(f"document.querySelectorAll({census!r}).length")
 
     tab.ask(ECHO_PROMPT)
@@ -508,6 +522,8 @@ def test_two_tabs_share_the_conversation(stacks: Callable[[str], Stack], people:
         expect(tab.page.locator("#companion-conversation-title")).to_have_text("New conversation")
 
     # The first one is among the past conversations; loading it shows it in both.
+    # (The reply's XP unlocked them: wait until the page knows the level.)
+    expect(first.page.locator("#xp-level")).not_to_have_text(re.compile(r"Lv 0$"), timeout=WAIT)
     first.page.get_by_role("button", name="Past conversations").click()
     past = first.page.locator("#companion-past-list")
     expect(past.locator("button")).to_have_count(2, timeout=WAIT)
@@ -609,6 +625,7 @@ def test_phone_width(stacks: Callable[[str], Stack], people: People, shots: Path
         assert box["x"] >= 0 and box["x"] + box["width"] <= 375, selector
         assert box["y"] >= 0 and box["y"] + box["height"] <= 740, selector
 
+    expect(page.locator("#xp-level")).not_to_have_text(re.compile(r"Lv 0$"), timeout=WAIT)
     page.get_by_role("button", name="Past conversations").click()
     expect(page.locator("#companion-past-list button")).to_have_count(1, timeout=WAIT)
     page.screenshot(path=str(shots / "companion-phone-past.png"))

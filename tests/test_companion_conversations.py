@@ -35,7 +35,9 @@ async def test_conversations_survive_a_restart(tmp_path: Path) -> None:
 
         # A new process on the same database.
         async with companion_server(tmp_path, [fake.url]) as r:
-            tab, _ = await connect(r, await add_person(r.service.storage, "Ada"))
+            token = await add_person(r.service.storage, "Ada")
+            await r.service.storage.add_xp("Ada", 4500)  # level 3: session history
+            tab, _ = await connect(r, token)
             history = await tab.request({"type": "ai.history", "id": 1})
             assert history["conversation_id"] == first
             assert history["title"] == "Remember this please"
@@ -145,7 +147,10 @@ async def test_shutdown_stops_running_replies_and_stores_them(tmp_path: Path) ->
 @pytest_twisted.ensureDeferred
 async def test_a_newcomer_has_an_empty_current_conversation(tmp_path: Path) -> None:
     async with fake_llm() as fake, companion_server(tmp_path, [fake.url]) as r:
-        tab, _ = await connect(r, await add_person(r.service.storage, "Ada"))
+        token = await add_person(r.service.storage, "Ada")
+        await r.service.storage.ensure_profile("Ada", 0.0)
+        await r.service.storage.add_xp("Ada", 4500)  # level 3: session history
+        tab, _ = await connect(r, token)
         history = await tab.request({"type": "ai.history", "id": 1})
         assert history["turns"] == [] and history["title"] == ""
         current = history["conversation_id"]

@@ -168,3 +168,16 @@ def test_effective_masks_secrets() -> None:
     assert "hunter2" not in str(shown)
     assert "sk-1" not in str(shown)
     assert shown["storage"]["uri"] == "mongodb://user:***@db.example/x"
+
+
+def test_the_read_cap_is_lowered_to_fit_in_one_message() -> None:
+    assert c.load(environ={}).triggers.read_max_bytes == 30720
+    small = c.load(environ={"BAMBID_SERVER_MAX_MESSAGE_SIZE": "8192"})
+    assert small.triggers.read_max_bytes == 3584
+    big = c.load(
+        environ={
+            "BAMBID_TRIGGERS_READ_MAX_BYTES": "40000",
+            "BAMBID_SERVER_MAX_MESSAGE_SIZE": "100000",
+        }
+    )
+    assert big.triggers.read_max_bytes == 40000

@@ -41,22 +41,30 @@ period (the person's last connection gone for ``ai.grace_seconds``, clock
 injected) and shutdown stop a reply the same way; the partial text is kept,
 marked stopped.
 
-Voice (``bambid.voice.pipeline``, when a ``VoicePipeline`` is given): once a
-reply is accepted, ``voice.begin`` gives its ``ReplyVoice`` (None when the
-person has speech off; a failure there is logged and the reply goes on
-without speech). Every delta is fed to it after its ``ai.delta`` is sent. A
-stop cancels it at once (pending speech dropped, ``voice.done`` stopped); any
-other end finishes it (the last sentence is spoken) as soon as the generation
-is over, before the turn is stored, so ``voice.done`` may reach the tabs
-before or after ``ai.done``. Speech never changes the reply's text or outcome.
+Reply observers (``observers``: ``ReplyObserverFactory``s, in order; the
+service gives the voice pipeline, ``bambid.voice.pipeline``, and the trigger
+engine, ``bambid.triggers.engine``): once a reply is accepted, each factory's
+``begin(identity, reply_id)`` gives its ``ReplyObserver`` for that reply, or
+None (speech off, no trigger switched on; a failure there is logged and the
+reply goes on without that observer). Every delta is fed to each observer
+after its ``ai.delta`` is sent. A stop cancels them at once (pending speech
+dropped, ``voice.done`` stopped); any other end finishes them (the last
+sentence is spoken, the last trigger phrase found) as soon as the generation
+is over, before the turn is stored, so their frames may reach the tabs before
+or after ``ai.done``. Observers never change the reply's text or outcome: an
+exception from one is logged and that observer is dropped.
+
+The persona hooks ``triggers_of`` and ``collar_of`` are async: the switched-on
+triggers and the collar of the person, read when a reply is accepted (a
+failure is logged and the reply goes on without them).
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet import defer
@@ -83,9 +91,6 @@ from bambid.profiles.xp import XpService
 from bambid.storage import Storage
 from bambid.ws.dispatch import ClientError, Connection
 
-if TYPE_CHECKING:
-    from bambid.voice.pipeline import ReplyVoice, VoicePipeline
-
 #: ``ai.conversations`` lists at most this many.
 CONVERSATIONS_LIMIT = 50
 TITLE_LENGTH = 60
@@ -106,6 +111,40 @@ class People(Protocol):
     def connections_of(self, username: str) -> list[Connection]: ...
 
     def send_to_person(self, username: str, type: str, **fields: Any) -> int: ...
+
+
+class ReplyObserver(Protocol):
+    """Follows one reply's text as it streams (``VoicePipeline``'s
+    ``ReplyVoice``, the trigger engine's ``ReplyTriggers``)."""
+
+    def feed(self, text: str) -> None:
+        """The next delta's text."""
+
+    def finish(self) -> None:
+        """The reply ended (completed, or failed with what arrived)."""
+
+    def cancel(self) -> None:
+        """The reply was stopped."""
+
+
+class ReplyObserverFactory(Protocol):
+    """Gives a reply its observer, or None when it has nothing to do."""
+
+    async def begin(self, identity: Identity, reply_id: str) -> ReplyObserver | None: ...
+
+
+#: ``triggers_of(identity)``: the person's switched-on triggers for the persona.
+TriggersOf = Callable[[Identity], Awaitable[list[PersonaTrigger]]]
+#: ``collar_of(identity)``: the person's collar text ("" when none or off).
+CollarOf = Callable[[Identity], Awaitable[str]]
+
+
+async def no_triggers(identity: Identity) -> list[PersonaTrigger]:
+    return []
+
+
+async def no_collar(identity: Identity) -> str:
+    return ""
 
 
 def owner_of(identity: Identity) -> str:
@@ -178,7 +217,7 @@ class _Reply:
     generation: Deferred[Generated] | None = None
     stop_reason: str | None = None
     finished: Deferred[None] = attrs.Factory(Deferred)
-    voice: ReplyVoice | None = None
+    observers: list[ReplyObserver] = attrs.Factory(list)
 
     @property
     def index(self) -> int:
@@ -218,8 +257,7 @@ class _ReplyListener:
         self.companion._to_person(
             reply.person, "ai.delta", reply_id=reply.reply_id, index=reply.index, text=text
         )
-        if reply.voice is not None:
-            reply.voice.feed(text)
+        self.companion._observe(reply, "feed", text)
 
 
 class Companion:
@@ -238,10 +276,10 @@ class Companion:
         cleaner: TextCleaner,
         persona: Persona,
         router: Router,
-        triggers_of: Callable[[Identity], list[PersonaTrigger]] | None = None,
-        collar_of: Callable[[Identity], str] | None = None,
+        triggers_of: TriggersOf | None = None,
+        collar_of: CollarOf | None = None,
         *,
-        voice: VoicePipeline | None = None,
+        observers: Sequence[ReplyObserverFactory] = (),
     ) -> None:
         self.config = config
         self.storage = storage
@@ -251,9 +289,9 @@ class Companion:
         self.cleaner = cleaner
         self.persona = persona
         self.router = router
-        self.triggers_of = triggers_of or (lambda identity: [])
-        self.collar_of = collar_of or (lambda identity: "")
-        self.voice = voice
+        self.triggers_of: TriggersOf = triggers_of or no_triggers
+        self.collar_of: CollarOf = collar_of or no_collar
+        self.observers = list(observers)
         self._people: dict[str, _Person] = {}
         self._tasks: set[Deferred[None]] = set()
         self._stopping = False
@@ -390,6 +428,7 @@ class Companion:
             raise ClientError("unavailable", "the server is shutting down")
         person = await self._person(identity)
         level = (await self.xp.progress_of(identity)).level
+        triggers, collar = await self._persona_inputs(identity)
         async with person.lock:
             if person.reply is not None:
                 raise ClientError("in_progress", "a reply is already being generated")
@@ -411,9 +450,7 @@ class Companion:
                     updated_at=now,
                 )
             try:
-                system = self.persona.render(
-                    identity.name, level, self.triggers_of(identity), self.collar_of(identity)
-                )
+                system = self.persona.render(identity.name, level, triggers, collar)
             except PersonaError as e:
                 self._log.error("the persona template failed: {error}", error=str(e))
                 raise ClientError(
@@ -444,12 +481,49 @@ class Companion:
             person.conversation = conversation
         self._cancel_grace(person)
         reply.admission = admission
-        if self.voice is not None:
+        for factory in self.observers:
             try:
-                reply.voice = await self.voice.begin(identity, reply.reply_id)
+                observer = await factory.begin(identity, reply.reply_id)
             except Exception:
-                self._log.failure("no speech for reply {id}", id=reply.reply_id)
+                self._log.failure(
+                    "reply {id} goes on without {observer}",
+                    id=reply.reply_id,
+                    observer=type(factory).__name__,
+                )
+                continue
+            if observer is not None:
+                reply.observers.append(observer)
         return reply
+
+    async def _persona_inputs(self, identity: Identity) -> tuple[list[PersonaTrigger], str]:
+        """The person's triggers and collar for the persona (none when a hook fails)."""
+        try:
+            triggers = list(await self.triggers_of(identity))
+        except Exception:
+            self._log.failure("could not read the triggers of {person}", person=identity.name)
+            triggers = []
+        try:
+            collar = await self.collar_of(identity)
+        except Exception:
+            self._log.failure("could not read the collar of {person}", person=identity.name)
+            collar = ""
+        return triggers, collar
+
+    def _observe(self, reply: _Reply, method: str, *args: str) -> None:
+        """Call ``method`` of every observer of the reply; one that raises is
+        logged and dropped."""
+        for observer in list(reply.observers):
+            try:
+                getattr(observer, method)(*args)
+            except Exception:
+                self._log.failure(
+                    "observer {observer} of reply {id} failed in {method}",
+                    observer=type(observer).__name__,
+                    id=reply.reply_id,
+                    method=method,
+                )
+                if observer in reply.observers:
+                    reply.observers.remove(observer)
 
     def _admit(self) -> Admission:
         try:
@@ -505,11 +579,8 @@ class Companion:
         if reply.stop_reason is not None and outcome.error not in (None, "internal"):
             # A stop can surface as the client's own error; it is still a stop.
             outcome = _Outcome("stopped", "".join(reply.parts))
-        if reply.voice is not None:
-            if outcome.stopped:
-                reply.voice.cancel()
-            else:
-                reply.voice.finish()
+        self._observe(reply, "cancel" if outcome.stopped else "finish")
+        reply.observers = []
         await self._finish(reply, outcome)
 
     def _unavailable(self, reply: _Reply, error: AllBackendsFailed) -> _Outcome:
@@ -650,8 +721,7 @@ class Companion:
         """Stop a reply: cancel its generation (a no-op once it has ended)."""
         if reply.stop_reason is None:
             reply.stop_reason = why
-        if reply.voice is not None:
-            reply.voice.cancel()
+        self._observe(reply, "cancel")
         if reply.generation is not None and not reply.generation.called:
             reply.generation.cancel()
 

@@ -11,12 +11,18 @@ background, so the same connection can send ``ai.stop`` meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from bambid.ai.companion import Companion, People
+from bambid.ai.companion import (
+    CollarOf,
+    Companion,
+    People,
+    ReplyObserverFactory,
+    TriggersOf,
+)
 from bambid.ai.llm import GenerationParams, LLMBackend, Timeouts
 from bambid.ai.persona import Persona
 from bambid.ai.queue import HealthMonitor, Router
@@ -26,9 +32,6 @@ from bambid.identity import Identity
 from bambid.profiles.xp import XpService
 from bambid.storage import Storage
 from bambid.ws.dispatch import ClientError, Connection, Dispatcher
-
-if TYPE_CHECKING:
-    from bambid.voice.pipeline import VoicePipeline
 
 
 def _identity(connection: Connection) -> Identity:
@@ -61,11 +64,15 @@ class CompanionServices:
         word_filter: WordFilter,
         xp: XpService,
         *,
-        voice: VoicePipeline | None = None,
+        observers: Sequence[ReplyObserverFactory] = (),
+        triggers_of: TriggersOf | None = None,
+        collar_of: CollarOf | None = None,
     ) -> CompanionServices:
         """Everything from ``[ai]``: one ``LLMBackend`` per URL (``url``, then
         ``fallback_urls``; empty ones skipped). ``ConfigError`` when the persona
-        template cannot be read or is broken. ``voice`` speaks the replies."""
+        template cannot be read or is broken. ``observers`` follow each reply
+        (the voice pipeline speaks it, the trigger engine fires its triggers);
+        ``triggers_of`` and ``collar_of`` feed the persona (none by default)."""
         persona = Persona.load(config.persona_file)
         params = GenerationParams.from_config(config)
         timeouts = Timeouts.from_config(config)
@@ -81,7 +88,17 @@ class CompanionServices:
         monitor = HealthMonitor(router, clock, config.health_interval)
         cleaner = TextCleaner(word_filter, config.max_prompt_length)
         companion = Companion(
-            config, storage, clock, people, xp, cleaner, persona, router, voice=voice
+            config,
+            storage,
+            clock,
+            people,
+            xp,
+            cleaner,
+            persona,
+            router,
+            triggers_of,
+            collar_of,
+            observers=observers,
         )
         return cls(companion, router, monitor)
 

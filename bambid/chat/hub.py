@@ -20,6 +20,9 @@ Guarantees (docs/protocol.md, "Public chat"):
 - A person is present in a room while any of their connections is in it:
   ``presence.update {joined}`` when the first one joins, ``{left}`` when the
   last one leaves or closes. Anonymous connections read but are never shown.
+- ``after_publish`` listeners (the trigger engine) are called with each
+  message given to ``publish``, right after its ``chat.message`` went out (or
+  was queued behind a missing ``seq``); one that raises is logged.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ class ChatHub:
         self._typing: dict[tuple[str, str], float] = {}
         self._next_typing_sweep = 0.0
         self._roles: dict[str, tuple[str, float]] = {}
+        #: Called with each published message (see the module doc).
+        self.after_publish: list[Callable[[ChatMessage], object]] = []
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -410,9 +415,18 @@ class ChatHub:
         if message.seq <= room.published:
             # Late: its gap was given up on. Better out of order than lost.
             self._deliver(room, message.seq, frame)
+            self._published(message)
             return
         room.pending[message.seq] = frame
         self._drain(room)
+        self._published(message)
+
+    def _published(self, message: ChatMessage) -> None:
+        for listener in self.after_publish:
+            try:
+                listener(message)
+            except Exception:
+                self._log.failure("after publishing {id}", id=message.message_id)
 
     def _drain(self, room: Room) -> None:
         while room.published + 1 in room.pending:

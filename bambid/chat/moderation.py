@@ -11,6 +11,9 @@ and the admin web page. It returns the ``result`` of the ``ack`` and raises
 
 Commands (docs/protocol.md, "Moderation"): ``delete``, ``mute``, ``unmute``,
 ``kick``, ``ban``, ``unban``, ``notice``; ``help`` is open to everyone.
+``reload-triggers`` (admins only) reloads the trigger catalog through the
+``reload_triggers`` hook the service sets (``bambid.triggers.handlers``):
+``{version, triggers}``, or ``bad_request`` naming the broken entry.
 Durations are ``<n>s|m|h|d`` (``30s``, ``10m``, ``2h``, ``7d``), at most a year.
 Every action that changed something is recorded as a ``UserInteraction``
 (``username`` = the actor, ``action`` = ``moderation.<cmd>``).
@@ -52,7 +55,10 @@ USAGE = {
     "ban": "/ban NAME [DURATION] REASON",
     "unban": "/unban NAME",
     "notice": "/notice TEXT",
+    "reload-triggers": "/reload-triggers",
 }
+#: Commands only admins may run (and see in ``help``).
+ADMIN_ONLY = frozenset({"reload-triggers"})
 
 
 def is_duration(text: str) -> bool:
@@ -153,6 +159,8 @@ class Moderation:
         self.hub = hub
         self.cleaner = cleaner
         self.admins = admins
+        #: Reloads the trigger catalog: ``{version, triggers}`` (set by the service).
+        self.reload_triggers: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self._commands: dict[
             str, Callable[[Identity, Mapping[str, Any]], Awaitable[dict[str, Any]]]
         ] = {
@@ -163,6 +171,7 @@ class Moderation:
             "ban": self._ban,
             "unban": self._unban,
             "notice": self._notice,
+            "reload-triggers": self._reload_triggers,
         }
 
     async def execute(self, actor: Identity, cmd: str, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,6 +186,8 @@ class Moderation:
         actor = await self._as_stored_now(actor)
         if not actor.is_moderator:
             raise ClientError("forbidden", "only moderators and admins may do that")
+        if cmd in ADMIN_ONLY and not actor.is_admin:
+            raise ClientError("forbidden", "only admins may do that")
         return await command(actor, args)
 
     async def _as_stored_now(self, actor: Identity) -> Identity:
@@ -204,7 +215,11 @@ class Moderation:
     def help(self, actor: Identity) -> dict[str, Any]:
         commands = [USAGE["help"]]
         if actor.is_moderator:
-            commands += [usage for cmd, usage in USAGE.items() if cmd != "help"]
+            commands += [
+                usage
+                for cmd, usage in USAGE.items()
+                if cmd != "help" and (actor.is_admin or cmd not in ADMIN_ONLY)
+            ]
         return {"commands": commands, "durations": ["30s", "10m", "2h", "7d"]}
 
     # -- sanctions others read ---------------------------------------------------------
@@ -354,6 +369,13 @@ class Moderation:
             message_ids.append(stored.message_id)
         await self._record(actor.name, "notice", {"rooms": rooms or list(self.hub.rooms)})
         return {"rooms": rooms or list(self.hub.rooms), "message_ids": message_ids}
+
+    async def _reload_triggers(self, actor: Identity, args: Mapping[str, Any]) -> dict[str, Any]:
+        if self.reload_triggers is None:
+            raise ClientError("unavailable", "there is no trigger catalog to reload")
+        result = await self.reload_triggers()
+        await self._record(actor.name, "reload-triggers", dict(result))
+        return result
 
     # -- helpers -------------------------------------------------------------------------
 

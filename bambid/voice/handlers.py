@@ -1,12 +1,23 @@
 """The WebSocket handlers of voice settings, and the object that builds and
 holds the voice parts (``VoiceServices``).
 
-Registered types: ``voice.prefs`` and ``voice.set`` (docs/protocol.md,
-"Voice"); both need a signed-in person (``unauthenticated``). ``voice.set``
-takes any of ``enabled`` (bool), ``voice`` (a voice id from ``/api/voices``,
-or "" for the default) and ``speed`` (a number, 0.25-4.0); anything else is
+Registered types: ``voice.prefs``, ``voice.set``, ``voice.read`` and
+``voice.stop`` (docs/protocol.md, "Voice" and "Triggers and effects"); each
+needs a signed-in person (``unauthenticated``). ``voice.set`` takes any of
+``enabled`` (bool), ``voice`` (a voice id from ``/api/voices``, or "" for the
+default) and ``speed`` (a number, 0.25-4.0); anything else is
 ``bad_request`` and nothing is changed. The sender gets the ``ack``, then
 every tab of the person gets ``voice.prefs`` (without ``id``).
+
+``voice.read {text}`` (any level) reads a whole text aloud as a reading
+(``VoicePipeline.start_reading``, kind "read"): ``ack {reply_id}``, then
+``voice.audio``… ``voice.done`` to every tab. ``text`` must be a non-empty
+string of at most ``read_max_bytes`` bytes of UTF-8 (``triggers.read_max_bytes``;
+``bad_request`` otherwise). It is spoken even when reply speech is off: the
+person asked for it. ``voice.stop {reply_id?}`` cancels the person's reading
+or replay (only the one with that id, when given): ``ack {reply_id,
+stopped}``; the reading gets ``voice.done`` stopped. A companion reply's
+speech is stopped with ``ai.stop``, not here.
 
 ``VoiceServices.build`` makes the backends from ``[voice]``: Kokoro-FastAPI
 (``backend = "kokoro"``, or a ``url`` set) with espeak-ng as its fallback
@@ -48,6 +59,8 @@ HEALTH_INTERVAL = 60.0
 REAP_TIMEOUT = 5.0
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 MAX_VOICE_LENGTH = 100
+#: ``voice.read``'s cap when none is given (``triggers.read_max_bytes``'s default).
+READ_MAX_BYTES = 65536
 
 
 class People(Protocol):
@@ -60,7 +73,7 @@ class People(Protocol):
 
 def _identity(connection: Connection) -> Identity:
     if connection.identity is None:
-        raise ClientError("unauthenticated", "sign in or join as a guest to choose a voice")
+        raise ClientError("unauthenticated", "sign in or join as a guest to use voice")
     return connection.identity
 
 
@@ -87,6 +100,8 @@ class VoiceServices:
         pipeline: VoicePipeline,
         people: People,
         clock: IReactorTime,
+        *,
+        read_max_bytes: int = READ_MAX_BYTES,
     ) -> None:
         self.config = config
         self.speech = speech
@@ -95,6 +110,7 @@ class VoiceServices:
         self.pipeline = pipeline
         self.people = people
         self.clock = clock
+        self.read_max_bytes = read_max_bytes
         self._health: dict[str, Any] | None = None
         self._checked_at: float | None = None
         self._loop = LoopingCall(self._check)
@@ -104,9 +120,17 @@ class VoiceServices:
 
     @classmethod
     def build(
-        cls, config: VoiceConfig, storage: Storage, reactor: Any, people: People, base_dir: Path
+        cls,
+        config: VoiceConfig,
+        storage: Storage,
+        reactor: Any,
+        people: People,
+        base_dir: Path,
+        *,
+        read_max_bytes: int = READ_MAX_BYTES,
     ) -> VoiceServices:
-        """Everything from ``[voice]`` (see the module doc)."""
+        """Everything from ``[voice]`` (see the module doc); ``read_max_bytes``
+        is ``triggers.read_max_bytes``."""
         primary: TTSBackend
         fallback: TTSBackend | None = None
         if config.effective_backend == "kokoro":
@@ -123,11 +147,15 @@ class VoiceServices:
         speech = Speech(primary, fallback, cache, config, storage, clock)
         preferences = VoicePreferences(storage, clock, config, primary.default_voice)
         pipeline = VoicePipeline(speech, people, preferences)
-        return cls(config, speech, preferences, pipeline, people, clock)
+        return cls(
+            config, speech, preferences, pipeline, people, clock, read_max_bytes=read_max_bytes
+        )
 
     def register(self, dispatcher: Dispatcher) -> None:
         dispatcher.register("voice.prefs", self.prefs)
         dispatcher.register("voice.set", self.set)
+        dispatcher.register("voice.read", self.read)
+        dispatcher.register("voice.stop", self.stop_reading)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -142,6 +170,7 @@ class VoiceServices:
         cache's background work and the espeak-ng processes to be reaped.
         Called after the companion stopped (its replies' speech is cancelled
         by then)."""
+        self.pipeline.stop()
         if self._loop.running:
             self._loop.stop()
         if self._checking is not None:
@@ -201,12 +230,14 @@ class VoiceServices:
 
     def connection_closed(self, connection: Connection) -> None:
         """For the WebSocket factory's ``close_listeners`` (after the hub's):
-        a guest's choices go with their last connection."""
+        with a person's last connection go their reading and, for a guest,
+        their choices."""
         identity = connection.identity
-        if identity is None or not identity.guest:
+        if identity is None:
             return
         others = [c for c in self.people.connections_of(identity.name) if c is not connection]
         if not others:
+            self.pipeline.forget(identity)
             self.preferences.forget_guest(identity)
 
     # -- handlers ----------------------------------------------------------------------
@@ -249,3 +280,34 @@ class VoiceServices:
             raise ClientError(
                 "unavailable", "the voices cannot be listed right now; try again later"
             ) from None
+
+    async def read(self, connection: Connection, message: Mapping[str, Any]) -> None:
+        identity = _identity(connection)
+        text = message.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ClientError("bad_request", "'text' must be a text to read")
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ClientError("bad_request", "'text' is not valid Unicode") from None
+        if size > self.read_max_bytes:
+            raise ClientError(
+                "bad_request", f"'text' is longer than {self.read_max_bytes} bytes of UTF-8"
+            )
+        reading = await self.pipeline.start_reading(identity, "read")
+        ack: dict[str, Any] = {"id": message["id"]} if "id" in message else {}
+        connection.send("ack", reply_id=reading.reply_id, **ack)
+        reading.say(text)
+        reading.finish()
+
+    async def stop_reading(self, connection: Connection, message: Mapping[str, Any]) -> None:
+        identity = _identity(connection)
+        reply_id = message.get("reply_id")
+        if reply_id is not None and not isinstance(reply_id, str):
+            raise ClientError("bad_request", "'reply_id' must be a string")
+        ack: dict[str, Any] = {"id": message["id"]} if "id" in message else {}
+        reading = self.pipeline.reading_of(identity)
+        stopping = reading is not None and reply_id in (None, reading.reply_id)
+        connection.send("ack", reply_id=reply_id, stopped=stopping, **ack)
+        if stopping:
+            self.pipeline.stop_reading(identity, reply_id)

@@ -107,11 +107,8 @@ class VoicePreferences:
                 self._locks.pop(identity.key, None)
 
     async def _store(self, username: str, chosen: dict[str, Any]) -> None:
-        profile = await self.storage.get_profile(username)
-        if profile is None:
-            profile = await self.storage.ensure_profile(username, self.clock.seconds())
-        preferences = {**profile.preferences, PREFERENCES_KEY: chosen}
-        await self.storage.update_profile(username, {"preferences": preferences})
+        await self.storage.ensure_profile(username, self.clock.seconds())
+        await self.storage.set_preference(username, PREFERENCES_KEY, chosen)
 
     def forget_guest(self, identity: Identity) -> None:
         """The guest's last connection closed: their choices go with the name."""

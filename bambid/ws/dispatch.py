@@ -66,14 +66,25 @@ class Dispatcher:
         self._handlers: dict[str, Handler] = {}
         self._before_hello: set[str] = set()
 
-    def register(self, type: str, handler: Handler, before_hello: bool = False) -> None:
+    def register(
+        self, type: str, handler: Handler, before_hello: bool = False, *, replace: bool = False
+    ) -> None:
         """Route ``type`` to ``handler``. Only ``before_hello`` types are
-        accepted before the connection has been greeted."""
-        if type in self._handlers:
-            raise ValueError(f"handler for {type!r} already registered")
+        accepted before the connection has been greeted. A type can be
+        registered once (``ValueError``), unless ``replace``: then a handler
+        for it must already be registered (``ValueError`` otherwise), and the
+        new one takes its place (e.g. a wrapper around it)."""
+        if replace != (type in self._handlers):
+            state = "already registered" if type in self._handlers else "not registered"
+            raise ValueError(f"handler for {type!r} {state}")
         self._handlers[type] = handler
+        self._before_hello.discard(type)
         if before_hello:
             self._before_hello.add(type)
+
+    def handler(self, type: str) -> Handler | None:
+        """The handler registered for ``type``, or None."""
+        return self._handlers.get(type)
 
     def types(self) -> list[str]:
         return sorted(self._handlers)

@@ -16,6 +16,8 @@ import {
   sameName,
 } from "./chat-render.js";
 import { Companion } from "./companion.js";
+import { Effects } from "./effects.js";
+import { TriggersPanel } from "./triggers-panel.js";
 
 let MAX_LENGTH = 2000; // replaced by welcome.max_message_length
 let COUNTER_FROM = 1800; // 90 % of MAX_LENGTH
@@ -184,6 +186,9 @@ const connection = new Connection({
 // The companion panel shares the socket: it sees each message first and keeps
 // the ai.* ones and the answers to its own requests.
 connection.addListener(new Companion(document.getElementById("companion"), connection));
+// The tools under the chat (issue 6): the trigger panel, then the effect panels.
+connection.addListener(new TriggersPanel(document.getElementById("triggers-panel"), connection));
+connection.addListener(new Effects(document.getElementById("effects"), connection));
 
 function request(kind, message, extra) {
   const id = "c" + app.nextId++;

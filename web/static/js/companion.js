@@ -377,7 +377,9 @@ export class Companion {
         break;
       case "list":
         this.ui.pastStatus.textContent =
-          "Could not load your conversations: " + friendly(code, serverSays);
+          code === "level_required" && serverSays
+            ? serverSays + ". Chatting and talking with your companion earn XP."
+            : "Could not load your conversations: " + friendly(code, serverSays);
         this.ui.pastStatus.hidden = false;
         break;
       default:

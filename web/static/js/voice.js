@@ -8,15 +8,19 @@
 // the answers to this module's requests (ids "voice-N"), says when a reply
 // starts or is stopped, and when the reply's text is re-rendered.
 //
-// Rules (docs/ui.md, "Voice"): one persistent <audio> element, unlocked by the
-// first tap, click or key press anywhere on the page (iOS plays later clips
-// only on an element that once played inside a gesture); a refused play()
-// keeps the queue and waits for the next gesture, never retries by itself;
-// clips of one reply play in ``index`` order, a failed sentence is skipped
-// with a small notice; a new reply drops the previous reply's pending clips.
+// Rules (docs/ui.md, "Voice"): the sentences play through the page's one
+// playback queue (playback.js: one persistent <audio> element, unlocked by the
+// first tap, click or key press anywhere on the page; a refused play() keeps
+// the clip and waits for the next gesture, never retries by itself; trigger
+// and effect cues play between two sentences, never over one). This module is
+// the queue's "speech" source: clips of one reply play in ``index`` order, a
+// failed sentence is skipped with a small notice; a new reply drops the
+// previous reply's pending clips. Readings (``read-…`` replies, started by the
+// trigger-mania page) are that page's to speak: ignored here.
 // Everything the server sends is shown with textContent.
 
 import { element as el } from "./chat-render.js";
+import { playback, sameSitePath } from "./playback.js";
 
 const STORE_AUTOPLAY = "bambid.voice.autoplay";
 const STORE_VOLUME = "bambid.voice.volume";
@@ -57,34 +61,9 @@ function writeStore(key, value) {
   }
 }
 
-/** 50 ms of silence as a WAV blob URL (the CSP allows blob: media, not data:). */
-function silentClip() {
-  const samples = 400;
-  const buffer = new ArrayBuffer(44 + samples);
-  const view = new DataView(buffer);
-  const ascii = (at, text) => {
-    for (let i = 0; i < text.length; i++) view.setUint8(at + i, text.charCodeAt(i));
-  };
-  ascii(0, "RIFF");
-  view.setUint32(4, 36 + samples, true);
-  ascii(8, "WAVE");
-  ascii(12, "fmt ");
-  view.setUint32(16, 16, true); // PCM header size
-  view.setUint16(20, 1, true); // PCM
-  view.setUint16(22, 1, true); // mono
-  view.setUint32(24, 8000, true); // sample rate
-  view.setUint32(28, 8000, true); // byte rate
-  view.setUint16(32, 1, true); // block align
-  view.setUint16(34, 8, true); // bits per sample
-  ascii(36, "data");
-  view.setUint32(40, samples, true);
-  for (let i = 0; i < samples; i++) view.setUint8(44 + i, 128); // unsigned 8-bit zero
-  return URL.createObjectURL(new Blob([buffer], { type: "audio/wav" }));
-}
-
-/** A clip URL the server gave: a path on this site, nothing else. */
-function sameSitePath(url) {
-  return typeof url === "string" && /^\/[^/\\]/.test(url) ? url : null;
+/** A reply id of a reading (voice.read): the trigger-mania page speaks it, not this panel. */
+function isReading(replyId) {
+  return typeof replyId === "string" && replyId.startsWith("read-");
 }
 
 let displayNames = null;
@@ -230,26 +209,29 @@ export class Voice {
     this.reply = null; // the reply whose clips are queued or playing
     this.queue = []; // [{replyId, index, url, text, backend}], ascending index
     this.lastIndex = -1; // the highest index queued for ``reply``
-    this.current = null; // the clip loaded in the element (playing, paused or refused)
+    this.current = null; // the sentence in the queue's element (playing, paused or refused)
     this.paused = false; // paused by the person
-    this.blocked = false; // the browser refused play(): waiting for a gesture
     this.armed = null; // a reply the person asked to hear (Play with auto-play off)
     this.dropped = new Set(); // replies whose clips are ignored (stopped, replaced)
     this.played = 0; // clips played to their end, in this page
-    this.unlocked = false;
-    this.unlocking = false;
-    this.silent = null;
     this.noticeTimer = null;
     this.highlightFrom = new Map(); // reply id -> where the next sentence is searched from
     this.highlighted = null; // {clip, replyId, from}: the sentence marked, or being looked for
     this.preview = null; // the preview's own Audio while it plays
-    this.resumeAfterPreview = false;
 
     this.autoplay = readStore(STORE_AUTOPLAY) !== "0";
     const volume = parseFloat(readStore(STORE_VOLUME));
     this.volume = Number.isFinite(volume) && volume >= 0 && volume <= 1 ? volume : 1;
+    playback.setVolume("speech", this.volume);
+    playback.addSource(this, "speech");
+    playback.exemptFromGesture(this.ui.root);
+    playback.addEventListener("change", () => this.render());
     this.wire();
     this.render();
+  }
+
+  get blocked() {
+    return Boolean(this.current) && playback.blocked;
   }
 
   // --- from companion.js -------------------------------------------------------------
@@ -268,13 +250,13 @@ export class Voice {
         this.onPrefs(m);
         return true;
       case "voice.audio":
-        this.onAudio(m);
+        if (!isReading(m.reply_id)) this.onAudio(m);
         return true;
       case "voice.error":
-        this.onSentenceError(m);
+        if (!isReading(m.reply_id)) this.onSentenceError(m);
         return true;
       case "voice.done":
-        this.onDone(m);
+        if (!isReading(m.reply_id)) this.onDone(m);
         return true;
       default:
         return m.type.startsWith("voice.");
@@ -305,7 +287,7 @@ export class Voice {
 
   /** A reply began (or a reply from another tab): the previous one's pending clips go. */
   startReply(replyId) {
-    if (typeof replyId !== "string" || replyId === this.reply) return;
+    if (typeof replyId !== "string" || replyId === this.reply || isReading(replyId)) return;
     this.switchTo(replyId);
     this.render();
   }
@@ -413,83 +395,51 @@ export class Voice {
     return !this.paused && (this.autoplay || (this.reply !== null && this.armed === this.reply));
   }
 
-  /** Plays the next clip when nothing is loaded and playing is wanted. */
+  /** The queue may take the next sentence (when it is free). */
   pump() {
-    if (this.current || this.unlocking) {
-      this.render();
-      return;
-    }
-    if (this.queue.length === 0 || !this.shouldPlay()) {
-      this.render();
-      return;
-    }
-    this.start(this.queue.shift());
-  }
-
-  start(clip) {
-    const audio = this.ui.audio;
-    this.current = clip;
-    this.blocked = false;
-    this.stopPreview(false);
-    audio.volume = this.volume;
-    audio.src = clip.url;
+    playback.pump();
     this.render();
-    this.highlight();
-    this.playCurrent();
   }
 
-  /** ``play()`` on the element; a refusal keeps the clip and waits for a gesture. */
-  playCurrent() {
-    const clip = this.current;
-    let promise;
-    try {
-      promise = this.ui.audio.play();
-    } catch (err) {
-      promise = Promise.reject(err);
-    }
-    if (!promise || typeof promise.then !== "function") return; // very old browsers
-    promise.then(
-      () => {
-        if (clip !== this.current) return;
-        this.unlocked = true;
-        this.blocked = false;
+  /** The playback queue's "speech" source: the next sentence, when playing is wanted. */
+  next() {
+    if (this.current || this.queue.length === 0 || !this.shouldPlay()) return null;
+    const clip = this.queue.shift();
+    const playable = {
+      kind: "speech",
+      channel: "speech",
+      url: clip.url,
+      key: clip.replyId + "/" + clip.index,
+      text: clip.text,
+      loaded: () => {
+        this.current = clip;
+        this.paused = false;
+        this.render();
+        this.highlight();
+      },
+      finished: (_, reason) => {
+        if (this.current === clip) {
+          this.current = null;
+          this.paused = false;
+          this.unhighlight();
+        }
+        if (reason === "ended") this.played += 1;
+        if (reason === "failed") this.notice("A sentence could not be played and was skipped.");
         this.render();
       },
-      (err) => {
-        if (clip !== this.current) return;
-        const name = err && err.name;
-        if (name === "AbortError") return; // replaced or paused before it began
-        if (name === "NotAllowedError") {
-          this.blocked = true; // no retry: the next tap, click or key press plays it
-          this.render();
-          return;
-        }
-        this.failed(clip);
-      },
-    );
+    };
+    clip.playable = playable;
+    return playable;
   }
 
-  /** The clip could not be played (gone from the cache, not audio): on to the next. */
-  failed(clip) {
-    if (clip !== this.current) return;
-    this.notice("A sentence could not be played and was skipped.");
-    this.next();
-  }
-
-  /** The clip is over (played, skipped or failed): the next one, if wanted. */
-  next() {
-    this.unload();
-    this.pump();
-  }
-
+  /** The sentence leaves the element (the queue goes on with what else waits). */
   unload() {
-    const audio = this.ui.audio;
+    const clip = this.current;
+    if (!clip) return;
     this.current = null;
-    this.blocked = false;
-    audio.pause();
-    audio.removeAttribute("src");
-    audio.load(); // forget the old clip (and stop fetching it)
+    this.paused = false;
     this.unhighlight();
+    playback.stop(clip.playable);
   }
 
   // --- the person's actions ----------------------------------------------------------------
@@ -498,14 +448,14 @@ export class Voice {
   togglePlay() {
     if (this.current && !this.paused && !this.blocked) {
       this.paused = true;
-      this.ui.audio.pause();
+      playback.pause();
       this.render();
       return;
     }
     this.paused = false;
     this.armed = this.reply;
     if (this.current) {
-      this.playCurrent();
+      playback.resume();
       this.render();
     } else {
       this.pump();
@@ -521,7 +471,7 @@ export class Voice {
     }
     this.paused = false;
     this.armed = this.reply;
-    this.next();
+    playback.stop(this.current.playable); // the next sentence follows
   }
 
   /** Silence now: the queue is emptied and later clips of what was stopped are ignored. */
@@ -532,47 +482,9 @@ export class Voice {
     this.queue = [];
     this.armed = null;
     this.paused = false;
-    this.stopPreview(false);
     if (this.current) this.unload();
+    this.stopPreview();
     this.render();
-  }
-
-  /** On the first gesture (and each one while a clip is refused): let audio play. */
-  onGesture(event) {
-    if (this.blocked) {
-      // The voice controls act on the refused clip themselves.
-      if (event.target instanceof Node && this.ui.root.contains(event.target)) return;
-      this.playCurrent();
-      return;
-    }
-    if (this.unlocked || this.unlocking || this.current) return;
-    const audio = this.ui.audio;
-    if (!this.silent) this.silent = silentClip();
-    this.unlocking = true;
-    audio.src = this.silent;
-    let promise;
-    try {
-      promise = audio.play();
-    } catch (err) {
-      promise = Promise.reject(err);
-    }
-    const done = (ok) => {
-      this.unlocking = false;
-      if (ok) this.unlocked = true;
-      if (!this.current && audio.getAttribute("src") === this.silent) {
-        audio.pause();
-        audio.removeAttribute("src");
-      }
-      this.pump();
-    };
-    if (promise && typeof promise.then === "function") {
-      promise.then(
-        () => done(true),
-        () => done(false),
-      );
-    } else {
-      done(true);
-    }
   }
 
   setAutoplay(on) {
@@ -585,7 +497,7 @@ export class Voice {
 
   setVolume(percent) {
     this.volume = Math.min(1, Math.max(0, percent / 100));
-    this.ui.audio.volume = this.volume;
+    playback.setVolume("speech", this.volume);
     if (this.preview) this.preview.volume = this.volume;
     writeStore(STORE_VOLUME, String(this.volume));
     this.showVolume();
@@ -604,10 +516,7 @@ export class Voice {
     if (voice) query.set("voice", voice);
     if (this.prefs) query.set("speed", String(this.prefs.speed));
     this.stopPreview(false);
-    if (this.current && !this.paused && !this.blocked) {
-      this.ui.audio.pause(); // the reply waits for the preview
-      this.resumeAfterPreview = true;
-    }
+    playback.hold("voice-preview"); // the reply (or a cue) waits for the preview
     const audio = new Audio("/api/tts?" + query.toString());
     audio.volume = this.volume;
     this.preview = audio;
@@ -615,7 +524,7 @@ export class Voice {
     const end = (failed) => {
       if (this.preview !== audio) return;
       if (failed) this.notice("The preview could not be played.");
-      this.stopPreview(true);
+      this.stopPreview();
     };
     audio.addEventListener("ended", () => end(false));
     audio.addEventListener("error", () => end(true));
@@ -627,17 +536,16 @@ export class Voice {
     }
   }
 
-  stopPreview(resume) {
+  /** Ends the preview; ``release`` false keeps the queue held (another preview follows). */
+  stopPreview(release = true) {
     const audio = this.preview;
-    if (!audio) return;
-    this.preview = null;
-    audio.pause();
-    audio.removeAttribute("src");
-    this.ui.preview.setAttribute("aria-pressed", "false");
-    if (this.resumeAfterPreview) {
-      this.resumeAfterPreview = false;
-      if (resume && this.current && !this.paused) this.playCurrent();
+    if (audio) {
+      this.preview = null;
+      audio.pause();
+      audio.removeAttribute("src");
+      this.ui.preview.setAttribute("aria-pressed", "false");
     }
+    if (release) playback.release("voice-preview"); // what was playing goes on
   }
 
   toggleSettings() {
@@ -773,7 +681,7 @@ export class Voice {
     const ui = this.ui;
     ui.root.hidden = !(this.ready && this.available);
     const clip = this.current;
-    const playing = Boolean(clip) && !this.paused && !this.blocked && !this.unlocking;
+    const playing = Boolean(clip) && !this.paused && !this.blocked && !playback.unlocking;
     let state = "idle";
     if (clip && this.blocked) state = "blocked";
     else if (clip && this.paused) state = "paused";
@@ -808,7 +716,7 @@ export class Voice {
     ui.play.disabled = !clip && this.queue.length === 0;
     ui.skip.disabled = !clip && this.queue.length === 0;
     ui.stop.disabled = !clip && this.queue.length === 0;
-    ui.unlock.hidden = !this.blocked;
+    ui.unlock.hidden = !playback.blocked; // any clip of the queue: a tap plays it
     ui.autoplay.checked = this.autoplay;
   }
 
@@ -858,35 +766,11 @@ export class Voice {
 
   wire() {
     const ui = this.ui;
-    const audio = ui.audio;
-    audio.volume = this.volume;
-    audio.addEventListener("ended", () => {
-      if (!this.current) return; // the silent unlock clip
-      this.played += 1;
-      this.next();
-    });
-    audio.addEventListener("error", () => {
-      if (this.current) this.failed(this.current);
-    });
-    audio.addEventListener("playing", () => {
-      if (this.current) this.render();
-    });
-
-    // The first gesture anywhere unlocks audio (iOS Safari needs play() inside one;
-    // touchend is the first event of a tap that counts there).
-    for (const type of ["touchend", "click", "keydown"]) {
-      document.addEventListener(type, (event) => this.onGesture(event), {
-        capture: true,
-        passive: true,
-      });
-    }
-
+    // The first gesture anywhere unlocks audio: playback.js listens for it.
     ui.play.addEventListener("click", () => this.togglePlay());
     ui.skip.addEventListener("click", () => this.skip());
     ui.stop.addEventListener("click", () => this.stop());
-    ui.unlock.addEventListener("click", () => {
-      if (this.current) this.playCurrent();
-    });
+    ui.unlock.addEventListener("click", () => playback.resume());
     ui.settingsButton.addEventListener("click", () => this.toggleSettings());
     ui.settings.addEventListener("keydown", (event) => {
       if (event.key === "Escape") this.closeSettings();
@@ -905,7 +789,7 @@ export class Voice {
       if (Number.isFinite(speed)) this.setPref({ speed });
     });
     ui.preview.addEventListener("click", () => {
-      if (this.preview) this.stopPreview(true);
+      if (this.preview) this.stopPreview();
       else this.playPreview();
     });
     ui.volume.addEventListener("input", () => this.setVolume(Number(ui.volume.value)));
