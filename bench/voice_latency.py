@@ -41,7 +41,6 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -54,6 +53,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from bambid.voice.espeak import EspeakBackend
+from bench.ai_overhead import print_result
+from bench.ai_overhead import summary as ai_summary
 from bench.chat_fanout import LeanClient, Stats, prepare_database, raise_fd_limit
 from tests.daemon import Daemon
 from tests.fakekokoro import FakeKokoro
@@ -214,15 +215,8 @@ cache_dir = "{workdir}/tts-cache"
 
 
 def summary(values: list[float], minus: float = 0.0) -> dict[str, float]:
-    if not values:
-        return {"count": 0}
-    values = sorted(v - minus for v in values)
-    return {
-        "count": len(values),
-        "p50_ms": statistics.median(values) * 1000,
-        "p99_ms": values[max(0, int(len(values) * 0.99) - 1)] * 1000,
-        "max_ms": values[-1] * 1000,
-    }
+    """``bench.ai_overhead.summary`` of ``values`` less ``minus`` each."""
+    return ai_summary(sorted(v - minus for v in values))
 
 
 async def pipeline(stack: ExitStack, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -293,19 +287,6 @@ async def espeak(workdir: Path, runs: int) -> dict[str, Any]:
             times.append(time.perf_counter() - began)
         result[f"espeak_{format}_15_words"] = summary(times) | {"bytes": len(audio.data)}
     return result
-
-
-def print_result(result: dict[str, Any]) -> None:
-    for key, value in result.items():
-        if isinstance(value, dict):
-            shown = "  ".join(
-                f"{k}={v:,.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()
-            )
-        elif isinstance(value, float):
-            shown = f"{value:,.3f}"
-        else:
-            shown = f"{value:,}"
-        print(f"  {key:>24}: {shown}")
 
 
 def main(argv: list[str]) -> None:
