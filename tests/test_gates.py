@@ -51,7 +51,10 @@ async def test_below_the_level_is_refused_with_the_level(tmp_path: Path) -> None
             await gates.require(ada, "collar")
         assert caught.value.code == "level_required"
         assert caught.value.extra == {"feature": "collar", "level": 2}
-        assert "level 2" in caught.value.message
+        assert caught.value.message == "The collar unlocks at level 2"
+        with pytest.raises(ClientError) as caught:
+            await gates.require(ada, "spirals")
+        assert caught.value.message == "Spirals unlock at level 4"
         await gates.require(ada, "not-gated")
     finally:
         await storage.close()

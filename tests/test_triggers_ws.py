@@ -195,7 +195,7 @@ async def test_triggers_are_gated_by_level(tmp_path: Path) -> None:
                 "type": "error",
                 "id": 2,
                 "code": "level_required",
-                "message": "Triggers unlocks at level 1",
+                "message": "Triggers unlock at level 1",
                 "feature": "triggers",
                 "level": 1,
             }

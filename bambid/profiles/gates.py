@@ -11,16 +11,16 @@ from bambid.identity import Identity
 from bambid.profiles.xp import XpService
 from bambid.ws.dispatch import ClientError
 
-#: How each feature is named in a ``level_required`` message.
-LABELS = {
-    "triggers": "Triggers",
-    "collar": "The collar",
-    "session_history": "Session history",
-    "spirals": "Spirals",
-    "hypnosis": "Hypnosis",
-    "audio_playlist": "The audio playlist",
-    "binaural": "Binaural beats",
-    "advanced_binaural": "Binaural sequences",
+#: How a ``level_required`` message says that each feature unlocks.
+UNLOCKS = {
+    "triggers": "Triggers unlock",
+    "collar": "The collar unlocks",
+    "session_history": "Session history unlocks",
+    "spirals": "Spirals unlock",
+    "hypnosis": "Hypnosis unlocks",
+    "audio_playlist": "The audio playlist unlocks",
+    "binaural": "Binaural beats unlock",
+    "advanced_binaural": "Binaural sequences unlock",
 }
 
 
@@ -48,10 +48,10 @@ class Gates:
         needed = self.level_needed(feature)
         if needed == 0 or await self.level_of(identity) >= needed:
             return
-        label = LABELS.get(feature, feature.replace("_", " ").capitalize())
+        what = UNLOCKS.get(feature, feature.replace("_", " ").capitalize() + " unlocks")
         raise ClientError(
             "level_required",
-            f"{label} unlocks at level {needed}",
+            f"{what} at level {needed}",
             feature=feature,
             level=needed,
         )
