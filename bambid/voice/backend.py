@@ -12,6 +12,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import attrs
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+_log = Logger()
 
 #: The formats a clip may have, with their media types (Kokoro's table; no pcm,
 #: which an ``<audio>`` element cannot play).
@@ -108,3 +113,31 @@ class TTSBackend(Protocol):
     async def health(self) -> dict[str, Any]:
         """``{"backend", "reachable", "voices", "latency_ms", "error"}``; never raises."""
         ...
+
+
+async def voices_health(backend: TTSBackend, clock: IReactorTime, **extra: Any) -> dict[str, Any]:
+    """A backend's health: whether its voices can be listed, how many, how long
+    it took. ``{"backend", **extra, "reachable", "voices", "latency_ms",
+    "error"}``. Never raises (except CancelledError when cancelled)."""
+    began = clock.seconds()
+    report: dict[str, Any] = {
+        "backend": backend.name,
+        **extra,
+        "reachable": False,
+        "voices": 0,
+        "latency_ms": 0.0,
+        "error": None,
+    }
+    try:
+        voices = await backend.voices()
+    except CancelledError:
+        raise
+    except TTSError as e:
+        report["error"] = e.message
+    except Exception:
+        _log.failure("health check of {backend} failed", backend=backend.name)
+        report["error"] = "the health check failed unexpectedly (see the server log)"
+    else:
+        report.update(reachable=True, voices=len(voices))
+    report["latency_ms"] = round((clock.seconds() - began) * 1000.0, 1)
+    return report

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bambid.config import VoiceConfig
-from bambid.voice.backend import MEDIA_TYPES, Audio, TTSError, Voice
+from bambid.voice.backend import MEDIA_TYPES, Audio, TTSError, Voice, voices_health
 
 __all__ = ["DEFAULT_VOICE", "EspeakBackend", "parse_voices", "rate_for"]
 
@@ -174,29 +174,9 @@ class EspeakBackend:
         return any(v.id == voice for v in self._voices)
 
     async def health(self) -> dict[str, Any]:
-        """Whether the voices can be listed. Never raises (except
-        CancelledError when cancelled)."""
-        began = self._reactor.seconds()
-        report: dict[str, Any] = {
-            "backend": self.name,
-            "reachable": False,
-            "voices": 0,
-            "latency_ms": 0.0,
-            "error": None,
-        }
-        try:
-            voices = await self.voices()
-        except CancelledError:
-            raise
-        except TTSError as e:
-            report["error"] = e.message
-        except Exception:
-            _log.failure("health check of espeak-ng failed")
-            report["error"] = "the health check failed unexpectedly (see the server log)"
-        else:
-            report.update(reachable=True, voices=len(voices))
-        report["latency_ms"] = round((self._reactor.seconds() - began) * 1000.0, 1)
-        return report
+        """Whether the voices can be listed (``voices_health``). Never raises
+        (except CancelledError when cancelled)."""
+        return await voices_health(self, self._reactor)
 
     @property
     def running(self) -> int:

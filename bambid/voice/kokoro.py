@@ -23,7 +23,6 @@ import json
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from bambid.config import VoiceConfig
@@ -36,7 +35,7 @@ from bambid.httpclient import (
     base_url,
     request_headers,
 )
-from bambid.voice.backend import MEDIA_TYPES, Audio, TTSError, Voice
+from bambid.voice.backend import MEDIA_TYPES, Audio, TTSError, Voice, voices_health
 
 __all__ = ["DEFAULT_VOICE", "LANGUAGES", "KokoroBackend", "parse_voices"]
 
@@ -158,30 +157,9 @@ class KokoroBackend:
         return voices
 
     async def health(self) -> dict[str, Any]:
-        """Whether the voice list can be fetched. Never raises (except
-        CancelledError when cancelled)."""
-        began = self._reactor.seconds()
-        report: dict[str, Any] = {
-            "backend": self.name,
-            "url": self.url,
-            "reachable": False,
-            "voices": 0,
-            "latency_ms": 0.0,
-            "error": None,
-        }
-        try:
-            voices = await self.voices()
-        except CancelledError:
-            raise
-        except TTSError as e:
-            report["error"] = e.message
-        except Exception:
-            _log.failure("health check of TTS server {url} failed", url=self.url)
-            report["error"] = "the health check failed unexpectedly (see the server log)"
-        else:
-            report.update(reachable=True, voices=len(voices))
-        report["latency_ms"] = round((self._reactor.seconds() - began) * 1000.0, 1)
-        return report
+        """Whether the voices can be listed (``voices_health``). Never raises
+        (except CancelledError when cancelled)."""
+        return await voices_health(self, self._reactor, url=self.url)
 
     @property
     def _where(self) -> str:
