@@ -7,7 +7,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 APT_PACKAGES := espeak-ng ffmpeg redis-server chromium
 SOURCES := $(shell find bambid web twisted etc -type f -not -name '*.pyc' 2>/dev/null) setup.cfg pyproject.toml
 
-.PHONY: run test lint typecheck pytest apt-deps bench bench-ws bench-chat bench-ai bench-voice bench-triggers clean
+.PHONY: run test lint typecheck pytest apt-deps bench bench-ws bench-chat bench-ai bench-voice bench-triggers bench-compression clean
 
 # --- environment ---------------------------------------------------------------
 
@@ -24,6 +24,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/python -c 'import site, sys; open(site.getsitepackages()[0] + "/bambid-repo.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)"
 	$(BIN)/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+	$(BIN)/bambidctl --help >/dev/null  # the console script (setup.cfg entry_points)
 	touch $@
 
 # --- make run ------------------------------------------------------------------
@@ -77,6 +78,9 @@ bench-voice: $(VENV)/.installed
 
 bench-triggers: $(VENV)/.installed
 	$(BIN)/python -m bench.trigger_scan
+
+bench-compression: $(VENV)/.installed
+	$(BIN)/python -m bench.compression
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

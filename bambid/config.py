@@ -10,6 +10,7 @@ original app's variables (``SERVER_PORT``, ``MONGODB_URI``, ``KOKORO_*``,
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from bambid.models import username_key
+from bambid.urls import redact_url
 
 
 class ConfigError(Exception):
@@ -90,6 +92,15 @@ def _origins(v: list[str]) -> str | None:
     return None
 
 
+def _networks(v: list[str]) -> str | None:
+    for network in v:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            return f"each entry must be an address or network (CIDR), got {network!r}"
+    return None
+
+
 def setting(default: Any, check: Check | None = None, secret: bool = False) -> Any:
     """Declare one configuration key with its default and validation."""
     return attrs.field(default=default, metadata={"check": check, "secret": secret})
@@ -105,6 +116,9 @@ class ServerConfig:
     endpoint: str = setting("tcp:6969:interface=127.0.0.1")
     public_url: str = setting("", _http_url)
     allowed_origins: list[str] = setting(attrs.Factory(list), _origins)
+    trusted_proxies: list[str] = setting(
+        attrs.Factory(lambda: ["127.0.0.1/32", "::1/128"]), _networks
+    )
     max_message_size: int = setting(65536, _at_least(1024))
     max_body_size: int = setting(1048576, _at_least(1024))
     ping_interval: float = setting(30.0, _at_least(0))
@@ -293,6 +307,108 @@ class TriggersConfig:
 
 
 @attrs.frozen
+class ProfilesConfig:
+    """[profiles]: profile pages, the community list, usage stats (docs/profiles.md)."""
+
+    page_size: int = setting(24, _between(1, 100))
+    leaderboard_size: int = setting(10, _between(1, 100))
+    #: A reconnect within this many seconds continues the same session.
+    session_grace_seconds: float = setting(60.0, _at_least(0))
+    #: Time online is written at least this often while a person stays connected.
+    usage_flush_seconds: float = setting(300.0, _at_least(1))
+
+
+@attrs.frozen
+class ManholeConfig:
+    """[manhole]: a Python shell into the running daemon (docs/operations.md)."""
+
+    endpoint: str = setting("tcp:6023:interface=127.0.0.1")
+    #: "user:password" lines; the telnet manhole is off while this is empty.
+    credentials_file: str = setting("")
+    ssh_endpoint: str = setting("")
+    ssh_authorized_keys_file: str = setting("")
+    ssh_host_key_file: str = setting("var/manhole_host_key")
+
+
+@attrs.frozen
+class MetricsConfig:
+    """[metrics]: the Prometheus endpoint ``/metrics`` (docs/operations.md)."""
+
+    enabled: bool = setting(True)
+    allow: list[str] = setting(attrs.Factory(lambda: ["127.0.0.1/32", "::1/128"]), _networks)
+    token: str = setting("", secret=True)
+
+
+@attrs.frozen
+class MaintenanceConfig:
+    """[maintenance]: what maintenance mode answers (docs/operations.md)."""
+
+    retry_after_seconds: int = setting(300, _at_least(1))
+    message: str = setting("bambid is down for maintenance and will be back shortly.")
+    #: How often an instance looks at the shared maintenance switch.
+    poll_seconds: float = setting(5.0, _at_least(0.5))
+    #: How long connected people can read the notice before they are disconnected.
+    close_grace_seconds: float = setting(5.0, _between(0, 300))
+
+
+MAX_FOOTER_LINKS = 20
+MAX_FOOTER_LABEL = 60
+MAX_FOOTER_URL = 500
+
+
+def parse_footer_link(entry: str) -> tuple[str, str]:
+    """``"Label | URL"`` as ``(label, url)``. The URL is http(s) with a host,
+    ``mailto:`` with an address, or a local path (``/...``, not ``//``).
+    ``ValueError`` saying what is wrong otherwise."""
+    label, bar, url = (part.strip() for part in entry.partition("|"))
+    if not bar or not label or not url:
+        raise ValueError(f'each entry is "Label | URL", got {entry!r}')
+    if len(label) > MAX_FOOTER_LABEL or len(url) > MAX_FOOTER_URL:
+        raise ValueError(
+            f"labels are at most {MAX_FOOTER_LABEL} characters and URLs {MAX_FOOTER_URL}, "
+            f"got {entry!r}"
+        )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in entry) or any(c.isspace() for c in url):
+        raise ValueError(f"control characters or spaces in the URL of {entry!r}")
+    if url.startswith("/"):
+        if url.startswith(("//", "/\\")):
+            raise ValueError(f"a local path starts with one /, got {url!r}")
+        return label, url
+    if url.lower().startswith("mailto:"):
+        if "@" not in url:
+            raise ValueError(f"a mailto: link needs an address, got {url!r}")
+        return label, url
+    if url.lower().startswith(("http:", "https:")) and _http_url(url) is None:
+        return label, url
+    raise ValueError(f"the URL must be http(s), mailto: or a local /path, got {url!r}")
+
+
+def _footer_links(v: list[str]) -> str | None:
+    if len(v) > MAX_FOOTER_LINKS:
+        return f"at most {MAX_FOOTER_LINKS} links, got {len(v)}"
+    for entry in v:
+        try:
+            parse_footer_link(entry)
+        except ValueError as e:
+            return str(e)
+    return None
+
+
+@attrs.frozen
+class HelpConfig:
+    """[help]: the help center ``/help`` and the footer links (docs/operations.md)."""
+
+    pages_dir: str = setting("")
+    #: "Label | URL" entries (``parse_footer_link``), shown in every page's footer.
+    footer_links: list[str] = setting(attrs.Factory(list), _footer_links)
+
+    @property
+    def footer(self) -> list[tuple[str, str]]:
+        """``footer_links`` as ``(label, url)`` pairs, in order."""
+        return [parse_footer_link(entry) for entry in self.footer_links]
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -303,6 +419,11 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     xp: XPConfig = XPConfig()
     triggers: TriggersConfig = TriggersConfig()
+    profiles: ProfilesConfig = ProfilesConfig()
+    manhole: ManholeConfig = ManholeConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
+    help: HelpConfig = HelpConfig()
 
 
 SECTIONS: dict[str, type[Any]] = get_type_hints(Config)
@@ -476,27 +597,33 @@ def _parse_env_text(dotted: str, kind: Any, value: _EnvText) -> Any:
 
 
 def effective(config: Config) -> dict[str, dict[str, Any]]:
-    """The configuration as plain data with secrets masked, for display."""
+    """The configuration as plain data with secrets masked, for display: in
+    every URL setting (``storage.uri``, ``ai.url``, ``ai.fallback_urls``,
+    ``voice.url``, ...) the userinfo, query and fragment are ``***``
+    (``bambid.urls.redact_url``); every other secret is ``***``, or empty
+    when it is not set."""
     result: dict[str, dict[str, Any]] = {}
     for name in SECTIONS:
         section = getattr(config, name)
         shown: dict[str, Any] = {}
         for field in attrs.fields(type(section)):
-            value = getattr(section, field.name)
-            if field.metadata.get("secret") and value:
-                value = _mask(field.name, value)
-            shown[field.name] = value
+            shown[field.name] = _mask(field, getattr(section, field.name))
         result[name] = shown
     return result
 
 
-def _mask(key: str, value: str) -> str:
-    if key == "uri":
-        parts = urlsplit(value)
-        if parts.password:
-            return value.replace(f":{parts.password}@", ":***@")
-        return value
-    return "***"
+#: The checks of the settings that hold URLs (or lists of them).
+_URL_CHECKS: tuple[Check, ...] = (_http_url, _http_urls, _storage_uri)
+
+
+def _mask(field: attrs.Attribute[Any], value: Any) -> Any:
+    if field.metadata.get("check") in _URL_CHECKS:
+        if isinstance(value, list):
+            return [redact_url(url) for url in value]
+        return redact_url(value)
+    if field.metadata.get("secret") and value:
+        return "***"
+    return value
 
 
 def with_endpoint(config: Config, endpoint: str) -> Config:

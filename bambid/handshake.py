@@ -3,16 +3,19 @@
 ``hello {protocol?, resume?}``: the protocol version is checked, the session
 cookie read at the WebSocket handshake is turned into an ``Identity``
 (``bambid.auth.sessions.identify``), and the answer is ``welcome {server,
-version, protocol, server_time, connection_id, user, rooms}``. A banned person
+version, protocol, server_time, connection_id, user, rooms, max_message_length,
+levels}`` (``levels``: the level table, ``bambid.profiles.gates.level_table``,
+the same for everyone, anonymous connections included). A banned person
 gets ``error {code: "banned", reason, until}`` and the connection is closed
 with 1008. After ``welcome`` the rooms named in ``resume`` are re-joined with
 every missed message (docs/protocol.md, "Resume"). A client may say hello
-again on the same connection.
+again on the same connection. Once the identity is known, the ``admission``
+checks may refuse the connection (maintenance mode, ``bambid.maintenance``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -20,6 +23,8 @@ from twisted.internet.interfaces import IReactorTime
 from bambid import __version__
 from bambid.auth.sessions import Banned, identify
 from bambid.chat.hub import ChatHub
+from bambid.identity import Identity
+from bambid.profiles.gates import level_table
 from bambid.profiles.xp import XpService
 from bambid.storage import Storage
 from bambid.web.health import PROTOCOL_VERSION
@@ -73,6 +78,10 @@ class HelloHandler:
         self.admins = admins
         self.hub = hub
         self.xp = xp
+        self.levels = level_table(xp.table)
+        #: Checks run once the identity is known: each returns False after
+        #: refusing the connection itself (maintenance mode answers and closes).
+        self.admission: list[Callable[[Connection, Identity | None, Mapping[str, Any]], bool]] = []
 
     async def __call__(self, connection: Connection, message: Mapping[str, Any]) -> None:
         protocol = negotiate_protocol(message)
@@ -94,6 +103,8 @@ class HelloHandler:
             connection.send("error", **error)
             connection.close(CLOSE_POLICY, f"banned: {sanction.reason}")
             return
+        if not all(admit(connection, identity, message) for admit in self.admission):
+            return
         user: dict[str, Any] | None = None
         if identity is not None:
             progress = await self.xp.progress_of(identity)
@@ -110,6 +121,7 @@ class HelloHandler:
             "user": user,
             "rooms": list(self.hub.rooms),
             "max_message_length": self.hub.config.max_message_length,
+            "levels": self.levels,
         }
         if "id" in message:
             reply["id"] = message["id"]

@@ -35,17 +35,36 @@ class TokenBucket:
     def full_at(self) -> float:
         return self.updated + (self.burst - self.tokens) / self.rate
 
+    def reconfigure(self, now: float, rate: float, burst: float) -> None:
+        """Use ``rate`` and ``burst`` from ``now`` on: what was earned until
+        now is kept (at most the new ``burst``); new refills use the new rate."""
+        self._refill(now)
+        self.rate = rate
+        self.burst = burst
+        self.tokens = min(self.tokens, burst)
+
 
 class KeyedLimiter:
     """One ``TokenBucket`` per key, created full on first use."""
 
     def __init__(self, clock: IReactorTime, rate: float, burst: float) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be > 0 and burst >= 1")
+        _check(rate, burst)
         self.clock = clock
         self.rate = rate
         self.burst = burst
         self._buckets: dict[str, TokenBucket] = {}
+        self._next_sweep = 0.0
+
+    def configure(self, rate: float, burst: float) -> None:
+        """Change the limit at run time (SIGHUP): new buckets start with
+        ``burst`` tokens; every existing one keeps what it had earned so far,
+        capped at ``burst``, and refills at ``rate`` from now on."""
+        _check(rate, burst)
+        now = self.clock.seconds()
+        self.rate = rate
+        self.burst = burst
+        for bucket in self._buckets.values():
+            bucket.reconfigure(now, rate, burst)
         self._next_sweep = 0.0
 
     def take(self, key: str, cost: float = 1.0) -> float:
@@ -70,3 +89,8 @@ class KeyedLimiter:
         self._next_sweep = now + self.burst / self.rate
         for key in [k for k, b in self._buckets.items() if b.full_at() <= now]:
             del self._buckets[key]
+
+
+def _check(rate: float, burst: float) -> None:
+    if rate <= 0 or burst < 1:
+        raise ValueError("rate must be > 0 and burst >= 1")

@@ -7,9 +7,11 @@ reactor the same way (every "before shutdown" trigger, so every service's
 ``stopService``, still runs) without marking the exit as a signal.
 
 SIGHUP means "reload": every callback given to ``on_reload`` is called in the
-reactor thread (``bambid.tap`` gives the trigger catalog's reload; a broken
-file is logged and the old catalog stays). ``on_reload`` only records the
-callback: the handler itself is installed by ``install``, in the daemon.
+reactor thread (``bambid.tap`` gives the trigger catalog's reload, and
+``bambid.reload``'s: the persona, the word filter, the help pages and
+``[limits]``; a broken file is logged and the old one stays). ``on_reload``
+only records the callback: the handler itself is installed by ``install``, in
+the daemon. ``reload()`` is the one entry point (the manhole calls it too).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
@@ -33,13 +36,16 @@ def on_reload(callback: Callable[[], object]) -> None:
     _reloads.append(callback)
 
 
-def reload() -> None:
-    """Run every ``on_reload`` callback; one that raises is logged."""
+def reload() -> Deferred[None]:
+    """Run every ``on_reload`` callback; one that raises or whose Deferred
+    fails is logged. The result fires once every callback's result has."""
+    running: list[Deferred[object]] = []
     for callback in list(_reloads):
-        try:
-            callback()
-        except Exception:
-            _log.failure("reloading on SIGHUP failed")
+        result = maybeDeferred(callback)
+        result.addErrback(lambda failure: _log.failure("reloading on SIGHUP failed", failure))
+        running.append(result)
+    done: Deferred[None] = DeferredList(running).addCallback(lambda _: None)
+    return done
 
 
 def install(reactor: Any) -> None:

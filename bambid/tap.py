@@ -30,12 +30,17 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            loaded = configuration.load(self["config"], os.environ)
+            self["loaded"] = self.load_configuration()
         except configuration.ConfigError as e:
             fail_configuration(e)
+
+    def load_configuration(self) -> configuration.Config:
+        """The configuration these options name (``--config``, the environment,
+        ``--port``): at start-up, and again on SIGHUP. ``ConfigError``."""
+        loaded = configuration.load(self["config"], os.environ)
         if self["port"]:
             loaded = configuration.with_endpoint(loaded, self["port"])
-        self["loaded"] = loaded
+        return loaded
 
 
 def makeService(options: Options) -> IService:
@@ -52,6 +57,10 @@ def makeService(options: Options) -> IService:
         fail_configuration(e)
     reactor.callWhenRunning(signals.install, reactor)
     signals.on_reload(service.triggers.reload_from_signal)
+    # The persona, the word filter, the help pages and [limits] (bambid.reload).
+    origin = options["config"] or "the environment"
+    service.reloader.use_config(options.load_configuration, origin)
+    signals.on_reload(service.reloader.reload)
     return service
 
 

@@ -570,6 +570,59 @@ class StorageContract:
         with pytest.raises(NotFoundError):
             await storage.set_preference("nobody", "theme", 1)
 
+    # -- shared settings --------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_settings_set_replace_delete(self, storage: Storage) -> None:
+        assert await storage.get_setting("maintenance") is None
+        state = {"on": True, "message": "back at 5", "since": T0, "by": "Root"}
+        await storage.set_setting("maintenance", state)
+        assert await storage.get_setting("maintenance") == state
+        await storage.set_setting("maintenance", {"on": False})
+        assert await storage.get_setting("maintenance") == {"on": False}
+        await storage.set_setting("other.key_2", [1, "two", None, 3.5])
+        await storage.set_setting("maintenance", None)
+        assert await storage.get_setting("maintenance") is None
+        await storage.set_setting("maintenance", None)  # deleting a missing key is fine
+        assert await storage.get_setting("other.key_2") == [1, "two", None, 3.5]
+        # JSON's view of a value: tuples come back as lists.
+        await storage.set_setting("x", (1, {"a.b": "$c", "big": 2**70}))
+        assert await storage.get_setting("x") == [1, {"a.b": "$c", "big": 2**70}]
+
+    @pytest_twisted.ensureDeferred
+    async def test_settings_are_shared_by_every_instance(
+        self, storage: Storage, new_storage: NewStorage
+    ) -> None:
+        other = new_storage()  # another daemon (or bambidctl) on the same database
+        await other.open()
+        try:
+            await other.set_setting("maintenance", {"on": True})
+            assert await storage.get_setting("maintenance") == {"on": True}
+            await storage.set_setting("maintenance", None)
+            assert await other.get_setting("maintenance") is None
+        finally:
+            await other.close()
+
+    @pytest_twisted.ensureDeferred
+    async def test_bad_settings_are_refused_and_store_nothing(self, storage: Storage) -> None:
+        await storage.set_setting("kept", "as it was")
+        for bad_key in ("", "Maintenance", "1st", "_x", "a-b", "a b", "x" * 65, "$set", 7):
+            with pytest.raises(ValueError):
+                await storage.set_setting(bad_key, 1)  # type: ignore[arg-type]
+            with pytest.raises(ValueError):
+                await storage.get_setting(bad_key)  # type: ignore[arg-type]
+        assert await storage.get_setting("x" * 64) is None  # the longest key is fine
+        for bad_value in (float("nan"), float("inf"), object(), {1, 2}, "x" * 70_000):
+            with pytest.raises(ValueError):
+                await storage.set_setting("kept", bad_value)
+        assert await storage.get_setting("kept") == "as it was"
+
+    @for_each_backend(value=plain_values.filter(lambda v: v is not None))
+    async def test_any_setting_round_trips(self, storage: Storage, value: Any) -> None:
+        key = unique("any.value_")
+        await storage.set_setting(key, value)
+        assert await storage.get_setting(key) == value
+
     @pytest_twisted.ensureDeferred
     async def test_add_xp_floors_at_zero(self, storage: Storage) -> None:
         await storage.ensure_profile("Alice", T0)
@@ -1552,6 +1605,147 @@ class StorageContract:
         replaced = attrs.evolve(conversation, turns=turns[::-1], metadata={"m": metadata})
         await storage.save_conversation(replaced)
         assert await storage.list_conversations(conversation.owner.upper(), 3) == [replaced]
+
+    # -- analytics ----------------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_count_active_profiles(self, storage: Storage) -> None:
+        for name, joined in (("Ann", T0), ("Bob", T0 + 10), ("Cy", T0 + 20.5)):
+            await storage.ensure_profile(name, joined)
+        await storage.bump_usage("ann", T0 + 30, sessions=1)
+        assert await storage.count_active_profiles(T0 - 1) == 3
+        assert await storage.count_active_profiles(T0 + 10) == 3  # inclusive
+        assert await storage.count_active_profiles(T0 + 10.001) == 2
+        assert await storage.count_active_profiles(T0 + 30) == 1
+        assert await storage.count_active_profiles(T0 + 30.001) == 0
+
+    @pytest_twisted.ensureDeferred
+    async def test_tally_counts_a_time_range_by_value(self, storage: Storage) -> None:
+        until = T0 + 100
+        entries: list[LogRecord] = [
+            UserInteraction("Ann", "login", T0),
+            UserInteraction("bob", "login", T0 + 1),
+            UserInteraction("Cy", "register", T0 + 2),
+            UserInteraction("Ann", "profile.view", T0 + 3),
+            UserInteraction("Ann", "login", until),  # the end is excluded
+            UserInteraction("Ann", "login", T0 - 0.001),
+            AudioInteraction("Ann", "trigger", "relax", T0),
+            AudioInteraction("Ann", "trigger", "focus", T0 + 1),
+            AudioInteraction("guest:Bo", "trigger", "relax", T0 + 2),
+            AudioInteraction("Bob", "tts", "af_sky", T0 + 3, {"error": None}),
+            AudioInteraction("Bob", "trigger", "breathe", until + 1),
+        ]
+        for kind, n in (("chat", 1), ("chat", 2), ("greeting", 3)):
+            entries.append(AIInteraction("Ann", kind, "q", "a", 1.0, T0 + n, "c", None))
+        for entry in entries:
+            await storage.record(entry)
+
+        actions = await storage.tally("user_actions", T0, until, 10)
+        assert actions == [("login", 2), ("profile.view", 1), ("register", 1)]
+        assert await storage.tally("user_actions", T0, until, 2) == actions[:2]
+        assert await storage.tally("user_actions", T0, until, 0) == []
+        assert await storage.tally("audio_kinds", T0, until, 10) == [("trigger", 3), ("tts", 1)]
+        fired = await storage.tally("triggers_fired", T0, until, 10)
+        assert fired == [("relax", 2), ("focus", 1)]
+        kinds = await storage.tally("companion_kinds", T0, until, 10)
+        assert kinds == [("chat", 2), ("greeting", 1)]
+        assert await storage.tally("user_actions", until + 5, until + 10, 10) == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_count_per_day(self, storage: Storage) -> None:
+        day = 86400.0
+        for offset, message_type in (
+            (0.0, "user"),
+            (day - 0.001, "user"),
+            (1.0, "notice"),  # not a person's message
+            (day, "user"),
+            (2 * day + 5, "user"),
+            (3 * day, "user"),  # after the last day
+            (-0.001, "user"),  # before the first
+        ):
+            await storage.append_chat_message(
+                NewChatMessage("lobby", "Ann", "hi", T0 + offset, message_type=message_type)
+            )
+        deleted = await storage.append_chat_message(
+            NewChatMessage(room="lobby", username="Bob", text="oops", timestamp=T0 + 2)
+        )
+        await storage.delete_chat_message(deleted.message_id)
+        assert await storage.count_per_day("chat_messages", T0, 3) == [(3, 0), (1, 0), (1, 0)]
+        assert await storage.count_per_day("chat_messages", T0 + day, 1) == [(1, 0)]
+
+        for offset, error in ((0.0, None), (1.0, "timeout"), (day + 1, "boom"), (2 * day, None)):
+            reply = AIInteraction("Ann", "chat", "q", "a", 1.0, T0 + offset, "c", error)
+            await storage.record(reply)
+        replies = await storage.count_per_day("companion_replies", T0, 3)
+        assert replies == [(2, 1), (1, 1), (1, 0)]
+
+        await storage.record(AudioInteraction("Ann", "tts", "v", T0, {"error": None}))
+        await storage.record(AudioInteraction("Ann", "tts", "v", T0 + 1, {"error": "failed"}))
+        await storage.record(AudioInteraction("Ann", "tts", "v", T0 + 2, {"chars": 3}))
+        await storage.record(AudioInteraction("Ann", "trigger", "relax", T0 + 3))
+        assert await storage.count_per_day("speech", T0, 2) == [(3, 1), (0, 0)]
+
+    @pytest_twisted.ensureDeferred
+    async def test_stopped_replies_and_cancelled_speech_are_not_failures(
+        self, storage: Storage
+    ) -> None:
+        """What bambid.ai.companion and bambid.voice.speech store when someone
+        presses stop: counted, but not as failed."""
+        for offset, error in (
+            (0.0, "stopped: stop"),
+            (1.0, "stopped: shutdown"),
+            (2.0, "timeout: the LLM did not answer"),
+            (3.0, None),
+            (4.0, "unavailable: stopped: no backend"),  # a failure that mentions it
+        ):
+            reply = AIInteraction("Ann", "chat", "q", "a", 1.0, T0 + offset, "c", error)
+            await storage.record(reply)
+        assert await storage.count_per_day("companion_replies", T0, 1) == [(5, 2)]
+
+        for offset, error in (
+            (0.0, "cancelled"),
+            (1.0, "cancelled: the reply was stopped"),
+            (2.0, "unavailable: Kokoro did not answer"),
+            (3.0, None),
+            (4.0, "cancelledish"),
+        ):
+            details = {"error": error, "chars": 12}
+            await storage.record(AudioInteraction("Ann", "tts", "v", T0 + offset, details))
+        assert await storage.count_per_day("speech", T0, 1) == [(5, 2)]
+
+    @pytest_twisted.ensureDeferred
+    async def test_profile_histograms(self, storage: Storage) -> None:
+        for name, xp in (("Ann", 0), ("Bob", 999), ("Cy", 1000), ("Dee", 2500), ("Eve", 40000)):
+            await storage.ensure_profile(name, T0)
+            await storage.add_xp(name, xp)
+        assert await storage.profile_histogram("xp", [0, 1000, 2500]) == [2, 1, 2]
+        assert await storage.profile_histogram("xp", [1000, 2500]) == [1, 2]
+
+        await storage.bump_usage("Ann", T0, sessions=2, seconds=100)  # 50 s each
+        await storage.bump_usage("Bob", T0, sessions=1, seconds=600)
+        await storage.bump_usage("Cy", T0, sessions=4)  # 0 s each
+        await storage.bump_usage("Eve", T0, sessions=2, seconds=119)  # 59.5 s each
+        # Dee has no session: not measured.
+        histogram = await storage.profile_histogram("seconds_per_session", [0, 60, 300])
+        assert histogram == [3, 0, 1]
+        assert await storage.profile_histogram("seconds_per_session", [60]) == [1]
+
+    @pytest_twisted.ensureDeferred
+    async def test_analytics_refusals(self, storage: Storage) -> None:
+        for call in (
+            lambda: storage.tally("likes", T0, T0 + 1, 10),
+            lambda: storage.tally("user_actions", float("nan"), T0, 10),
+            lambda: storage.count_per_day("logins", T0, 3),
+            lambda: storage.count_per_day("speech", T0, 0),
+            lambda: storage.count_per_day("speech", T0, 367),
+            lambda: storage.count_per_day("speech", float("inf"), 3),
+            lambda: storage.profile_histogram("likes", [0]),
+            lambda: storage.profile_histogram("xp", []),
+            lambda: storage.profile_histogram("xp", [0, 10, 10]),
+            lambda: storage.profile_histogram("xp", [0, float("inf")]),
+        ):
+            with pytest.raises(ValueError):
+                await call()
 
     # -- interaction logs -----------------------------------------------------------
 

@@ -26,7 +26,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from bambid.auth.csrf import CSRF_COOKIE
 from bambid.auth.sessions import SESSION_COOKIE, hash_token, new_session
-from bambid.models import Sanction
+from bambid.models import Conversation, Sanction
 from bambid.service import BambidService
 from tests.conftest import Running, make_config
 
@@ -569,6 +569,26 @@ async def test_guest_session(running: Running) -> None:
     assert session.guest
     assert session.expires_at - session.created_at == pytest.approx(DAY)
     assert await running.service.storage.get_account("Wanderer") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_guest_never_inherits_an_earlier_guests_conversations(
+    running: Running,
+) -> None:
+    storage = running.service.storage
+    first = Browser(running.http)
+    assert (await first.api("/api/auth/guest", {"name": "Wanderer"})).code == 201
+    said = Conversation(owner="guest:Wanderer", title="mine", created_at=1.0, updated_at=1.0)
+    await storage.save_conversation(said)
+    # The same browser claiming its own name again keeps its conversation.
+    assert (await first.api("/api/auth/guest", {"name": "Wanderer"})).code == 201
+    assert await storage.get_conversation("guest:Wanderer") == said
+    # Once that guest has gone, whoever takes the name starts afresh.
+    assert (await first.api("/api/auth/logout")).code == 200
+    newcomer = Browser(running.http)
+    assert (await newcomer.api("/api/auth/guest", {"name": "WANDERER"})).code == 201
+    assert await storage.get_conversation("guest:WANDERER") is None
+    assert await storage.list_conversations("guest:Wanderer", 10) == []
 
 
 @pytest_twisted.ensureDeferred

@@ -107,6 +107,7 @@ PREFS = {
     "enabled": True,
     "voice": "af_heart",
     "speed": 1.0,
+    "volume": 1.0,
     "backend": "kokoro",
     "default_voice": "af_heart",
 }
@@ -162,7 +163,7 @@ class VoiceServer(FakeServer):
         if self.refuse_set:
             code, self.refuse_set = self.refuse_set, None
             return [{"type": "error", "id": m["id"], "code": code, "message": "unknown voice"}]
-        for key in ("enabled", "voice", "speed"):
+        for key in ("enabled", "voice", "speed", "volume"):
             if key in m:
                 self.prefs[key] = m[key]
         return [{"type": "ack", "id": m["id"]}, {"type": "voice.prefs", **self.prefs}]
@@ -561,12 +562,16 @@ def test_voice_picker_speed_and_speak_replies(people: People, daemon: Daemon) ->
     assert query["voice"] == ["am_adam"]
     assert query["text"] == ["Breathe in slowly, and let your shoulders relax."]
 
-    # Volume is this device's.
+    # Volume plays here at once and is sent, so that it follows the person.
     volume = page.get_by_label("Volume")
     volume.fill("40")
     expect(page.locator("#voice-volume-out")).to_have_text("40 %")
     assert page.evaluate("document.getElementById('voice-audio').volume") == pytest.approx(0.4)
-    assert page.evaluate("localStorage.getItem('bambid.voice.volume')") == "0.4"
+    until(page, lambda: fake.sent("voice.set")[-1].get("volume") == 0.4)
+    # Changed on another device: this one plays at the server's volume.
+    fake.push(type="voice.prefs", **{**fake.prefs, "volume": 0.25})
+    expect(page.locator("#voice-volume-out")).to_have_text("25 %")
+    assert page.evaluate("document.getElementById('voice-audio').volume") == pytest.approx(0.25)
 
     # Escape closes the settings, focus back on their button.
     select.focus()

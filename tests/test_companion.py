@@ -141,8 +141,9 @@ async def test_stop_closes_the_upstream_connection_and_keeps_the_partial_reply(
         await eventually(recorded)
         (record,) = await r.service.storage.list_records(AIInteraction, "Ada", 10)
         assert record.output_data == "Hello" and record.error == "stopped: ai.stop"
-        # A stopped reply earns nothing.
-        assert await r.service.storage.get_profile("Ada") is None
+        # A stopped reply earns nothing and is not counted as a reply.
+        profile = await r.service.storage.get_profile("Ada")
+        assert profile is None or (profile.xp == 0 and profile.usage_stats.companion_replies == 0)
         # Stopping again (it has ended) is acknowledged, and does nothing.
         again = await tab.request({"type": "ai.stop", "id": "y", "reply_id": ack["reply_id"]})
         assert again["stopped"] is False

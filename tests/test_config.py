@@ -10,6 +10,7 @@ import attrs
 import pytest
 
 from bambid import config as c
+from bambid.urls import redact_url
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -167,7 +168,31 @@ def test_effective_masks_secrets() -> None:
     shown = c.effective(config)
     assert "hunter2" not in str(shown)
     assert "sk-1" not in str(shown)
-    assert shown["storage"]["uri"] == "mongodb://user:***@db.example/x"
+    assert shown["storage"]["uri"] == "mongodb://***@db.example/x"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked", "dropped"),
+    [
+        ("http://127.0.0.1:1234/v1", "http://127.0.0.1:1234/v1", "http://127.0.0.1:1234/v1"),
+        ("https://u:p@h:1/v1?key=k#f", "https://***@h:1/v1?***#***", "https://h:1/v1"),
+        ("http://token@h/", "http://***@h/", "http://h/"),
+        ("http://[::1]:8/x?k=1", "http://[::1]:8/x?***", "http://[::1]:8/x"),
+        (
+            "mongodb://u:p@db1:27017,db2:27017/b?authSource=admin",
+            "mongodb://***@db1:27017,db2:27017/b?***",
+            "mongodb://db1:27017,db2:27017/b",
+        ),
+        ("sqlite:///var/bambid.sqlite3", "sqlite:///var/bambid.sqlite3", None),
+        ("http://u:pa#ss@h/", "http://***", "http://"),  # a password with a "#"
+        ("http://u:pa/ss@h/", "http://***", "http://"),
+        ("http://[::1", "***", ""),
+        ("", "", ""),
+    ],
+)
+def test_redact_url(url: str, masked: str, dropped: str | None) -> None:
+    assert redact_url(url) == masked
+    assert redact_url(url, mask="") == (url if dropped is None else dropped)
 
 
 def test_the_read_cap_is_lowered_to_fit_in_one_message() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
+import math
 import os
 import re
 import socket
@@ -208,12 +209,36 @@ def matches(doc: dict[str, Any], query: dict[str, Any]) -> bool:
 
 
 def evaluate(doc: dict[str, Any], expression: Any) -> Any:
-    """The aggregation expressions the backend uses in update pipelines."""
+    """The aggregation expressions the backend uses in update pipelines and
+    aggregations."""
     if isinstance(expression, str) and expression.startswith("$"):
         return field(doc, expression[1:])
     if isinstance(expression, dict):
         ((op, args),) = expression.items()
-        values = [evaluate(doc, arg) for arg in args]
+        if op == "$regexMatch":  # named arguments; a null input does not match
+            text = evaluate(doc, args["input"])
+            if text is None:
+                return False
+            assert isinstance(text, str), f"$regexMatch needs a string, got {text!r}"
+            return re.search(args["regex"], text) is not None
+        values = [evaluate(doc, arg) for arg in (args if isinstance(args, list) else [args])]
+        if op == "$and":
+            return all(values)
+        if op == "$not":
+            return not values[0]
+        if op == "$subtract":  # date minus date: milliseconds, as MongoDB does
+            first, second = values
+            if isinstance(first, dt.datetime):
+                return (first - second) // dt.timedelta(milliseconds=1)
+            return first - second
+        if op == "$divide":
+            return values[0] / values[1]
+        if op == "$floor":
+            return float(math.floor(values[0]))
+        if op == "$eq":
+            return compare(values[0], values[1]) == 0
+        if op == "$cond":
+            return values[1] if values[0] else values[2]
         if op == "$add":
             return None if None in values else sum(values)
         if op == "$max":
@@ -222,6 +247,36 @@ def evaluate(doc: dict[str, Any], expression: Any) -> Any:
             return values[0] if values[0] is not None else values[1]
         raise AssertionError(f"FakeMongo does not know {op}")
     return expression
+
+
+def group_stage(docs: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """``$group`` with ``$sum`` accumulators."""
+    groups: dict[Any, dict[str, Any]] = {}
+    for doc in docs:
+        key = evaluate(doc, spec["_id"])
+        out = groups.setdefault(key, {"_id": key})
+        for name, accumulator in spec.items():
+            if name != "_id":
+                ((op, expression),) = accumulator.items()
+                assert op == "$sum", f"FakeMongo does not know {op}"
+                out[name] = out.get(name, 0) + evaluate(doc, expression)
+    return list(groups.values())
+
+
+def bucket_stage(docs: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """``$bucket``: ``_id`` is the lower boundary, or ``default`` outside them."""
+    bounds = spec["boundaries"]
+    assert len(bounds) >= 2 and bounds == sorted(bounds), bounds
+    grouped = []
+    for doc in docs:
+        value = evaluate(doc, spec["groupBy"])
+        key = spec["default"]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            pairs = zip(bounds, bounds[1:], strict=False)
+            key = next((lo for lo, hi in pairs if lo <= value < hi), key)
+        grouped.append({"key": key, **doc})
+    output = {"_id": "$key", **spec["output"]}
+    return sorted(group_stage(grouped, output), key=lambda d: (isinstance(d["_id"], str), d["_id"]))
 
 
 class FakeCollection:
@@ -352,6 +407,31 @@ class FakeCollection:
             return found[:limit] if limit else found
 
         return self._reply("find", kwargs, find)
+
+    def aggregate(
+        self, pipeline: list[dict[str, Any]], initial_batch_size: int | None = None, **kwargs: Any
+    ) -> Any:
+        def aggregate() -> list[dict[str, Any]]:
+            docs = list(self.docs)
+            for stage in pipeline:
+                ((op, spec),) = stage.items()
+                if op == "$match":
+                    docs = [d for d in docs if matches(d, spec)]
+                elif op == "$group":
+                    docs = group_stage(docs, spec)
+                elif op == "$bucket":
+                    docs = bucket_stage(docs, spec)
+                elif op == "$sort":
+                    docs = self._sorted(docs, {"orderby": list(spec.items())})
+                elif op == "$limit":
+                    docs = docs[:spec]
+                else:
+                    raise AssertionError(f"FakeMongo does not know the stage {op}")
+            # More than the first batch would need a getMore, which has no deadline.
+            assert initial_batch_size is not None and len(docs) <= initial_batch_size
+            return docs
+
+        return self._reply("aggregate", kwargs, aggregate)
 
     def count_documents(self, filter: dict[str, Any], **kwargs: Any) -> Any:
         return self._reply(
@@ -587,6 +667,19 @@ async def test_open_creates_every_index(fake: FakeMongo) -> None:
         again = MongoStorage(StorageConfig(uri="mongodb://fake/chat"), connect=fake.connect)
         await again.open()
         await again.close()
+    finally:
+        await storage.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_setting_that_is_not_json_is_a_storage_error(fake: FakeMongo) -> None:
+    storage = MongoStorage(StorageConfig(uri="mongodb://fake/bambid"), connect=fake.connect)
+    await storage.open()
+    try:
+        await storage.set_setting("maintenance", {"on": True})
+        fake.collection("bambid", "settings").docs[0]["value"] = "{on: yes}"  # by hand
+        with pytest.raises(StorageError, match="'maintenance'"):
+            await storage.get_setting("maintenance")
     finally:
         await storage.close()
 
@@ -952,6 +1045,10 @@ async def test_every_operation_reaches_txmongo_with_a_deadline() -> None:
         storage.count_profiles(query="a"),
         storage.export_user("a"),
         storage.delete_user("a", "deleted-user-1"),
+        storage.count_active_profiles(T0),
+        storage.tally("user_actions", T0, T0 + 1, 10),
+        storage.count_per_day("speech", T0, 7),
+        storage.profile_histogram("seconds_per_session", [0, 60]),
     ]
     results: list[tuple[bool, Any]] = await defer.DeferredList(
         [defer.Deferred.fromCoroutine(op) for op in operations], consumeErrors=True
@@ -1103,6 +1200,9 @@ def test_index_specifications() -> None:
         ),
         ("reactions", (("from_key", 1), ("to_key", 1), ("kind", 1)), True),
         ("reactions", (("to_key", 1), ("kind", 1)), False),
+        ("user_interactions", (("timestamp", 1), ("action", 1)), False),
+        ("audio_interactions", (("timestamp", 1), ("kind", 1), ("name", 1)), False),
+        ("chat_messages", (("timestamp", 1), ("message_type", 1)), False),
     } | {
         (name, (("username_key", 1), ("timestamp", -1)), False)
         for name in (

@@ -102,6 +102,31 @@ def pragma(path: Path, name: str) -> Any:
         conn.close()
 
 
+# --- settings written by hand -------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_setting_that_is_not_json_is_a_storage_error(
+    new_storage: NewStorage, db_path: Path
+) -> None:
+    storage = new_storage()
+    await storage.open()
+    await storage.set_setting("maintenance", {"on": True})
+    await storage.set_setting("other", 1)
+    await storage.close()
+    conn = sqlite3.connect(db_path)
+    with conn:  # an operator's UPDATE in the sqlite3 shell, say
+        conn.execute("UPDATE settings SET value = '{on: yes}' WHERE key = 'maintenance'")
+    conn.close()
+    storage = new_storage()
+    await storage.open()
+    with pytest.raises(StorageError, match="'maintenance'"):
+        await storage.get_setting("maintenance")
+    assert await storage.get_setting("other") == 1  # the others are fine
+    await storage.set_setting("maintenance", {"on": False})  # and it can be mended
+    assert await storage.get_setting("maintenance") == {"on": False}
+
+
 # --- durability settings ----------------------------------------------------------
 
 

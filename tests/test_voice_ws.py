@@ -241,6 +241,7 @@ async def test_default_speech_comes_from_the_config(tmp_path: Path) -> None:
             "enabled": False,
             "voice": "af_heart",
             "speed": 1.0,
+            "volume": 1.0,
             "backend": "kokoro",
             "default_voice": "af_heart",
         }
@@ -264,6 +265,7 @@ async def test_voice_set_is_stored_for_an_account_and_reaches_every_tab(tmp_path
             "enabled": True,
             "voice": "bf_emma",
             "speed": 1.25,
+            "volume": 1.0,
             "backend": "kokoro",
             "default_voice": "af_heart",
         }
@@ -309,6 +311,9 @@ async def test_voice_set_validation(tmp_path: Path) -> None:
             {"voice": 3},
             {"voice": "zz_nobody"},
             {"voice": "x" * 200},
+            {"volume": 1.5},
+            {"volume": -0.1},
+            {"volume": "loud"},
         ):
             answer = await tab.request({"type": "voice.set", "id": "v", **bad})
             assert answer["type"] == "error" and answer["code"] == "bad_request", (bad, answer)

@@ -85,6 +85,7 @@ from bambid.ai.queue import (
 )
 from bambid.chat.text import TextCleaner, TextRejected
 from bambid.config import AIConfig
+from bambid.deferreds import when_fired
 from bambid.identity import Identity
 from bambid.models import AIInteraction, Conversation, ConversationTurn, username_key
 from bambid.profiles.xp import XpService
@@ -292,6 +293,9 @@ class Companion:
         self.triggers_of: TriggersOf = triggers_of or no_triggers
         self.collar_of: CollarOf = collar_of or no_collar
         self.observers = list(observers)
+        #: Called with (outcome, seconds) as each reply ends, after its record
+        #: and XP: "completed", "stopped" or the error code (metrics).
+        self.outcome_listeners: list[Callable[[str, float], object]] = []
         self._people: dict[str, _Person] = {}
         self._tasks: set[Deferred[None]] = set()
         self._stopping = False
@@ -710,6 +714,9 @@ class Companion:
                 await self.xp.award(reply.identity, amount)
             except Exception:
                 self._log.failure("could not award XP for reply {id}", id=reply.reply_id)
+        ended = outcome.error or ("stopped" if outcome.stopped else "completed")
+        for listener in self.outcome_listeners:
+            listener(ended, finished_at - reply.accepted_at)
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -728,7 +735,7 @@ class Companion:
     async def _stop_and_wait(self, person: _Person) -> None:
         reply = person.reply
         if reply is not None:
-            waiting = _when_fired(reply.finished)
+            waiting = when_fired(reply.finished)
             self.stop(reply, "switched conversation")
             await waiting
 
@@ -834,7 +841,7 @@ class Companion:
         """Refuse new replies, stop every running one and wait until each is
         stored and recorded."""
         self._stopping = True
-        waiting = [_when_fired(task) for task in self._tasks]
+        waiting = [when_fired(task) for task in self._tasks]
         for person in list(self._people.values()):
             self._cancel_grace(person)
             if person.reply is not None:
@@ -843,19 +850,6 @@ class Companion:
                 self.stop(person.reply, "server shutting down")
         if waiting:
             await defer.DeferredList(waiting, consumeErrors=True)
-
-
-def _when_fired(d: Deferred[None]) -> Deferred[None]:
-    """A new Deferred that fires when ``d`` does (``d`` keeps its result)."""
-    waiter: Deferred[None] = Deferred()
-
-    def fire(result: object) -> object:
-        if not waiter.called:
-            waiter.callback(None)
-        return result
-
-    d.addBoth(fire)
-    return waiter
 
 
 def _without_last_reply(conversation: Conversation) -> Conversation:

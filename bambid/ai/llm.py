@@ -59,6 +59,7 @@ from bambid.httpclient import (
     one_line,
     request_headers,
 )
+from bambid.urls import redact_url
 
 __all__ = [
     "BackendError",
@@ -186,7 +187,7 @@ class LLMBackend:
         raises (except CancelledError when cancelled)."""
         began = self._reactor.seconds()
         report: dict[str, Any] = {
-            "url": self.url,
+            "url": redact_url(self.url, mask=""),
             "reachable": False,
             "model": None,
             "models": 0,

@@ -10,14 +10,16 @@ every reply with:
   and ``description`` (an empty list until the trigger feature lands);
 - ``collar``: their collar text ("" when none).
 
-The template is loaded and checked once, when the service is built: a file
+The template is loaded and checked when the service is built: a file
 that cannot be read, a syntax error (named with the file and line) or a
 variable the template uses but is not given (any render with sample values,
 with and without triggers and collar, must succeed) raises ``ConfigError``
 for ``ai.persona_file``, so the daemon refuses to start rather than answer
-every prompt with an error. Templates run in Jinja2's sandbox with autoescape
-off: the output is plain text for a model, not HTML. Leading and trailing
-whitespace of the result is removed.
+every prompt with an error. SIGHUP loads and checks it again
+(``bambid.reload``): a broken file is logged and the old template stays.
+Templates run in Jinja2's sandbox with autoescape off: the output is plain
+text for a model, not HTML. Leading and trailing whitespace of the result is
+removed.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Persona:
         """Compile ``source``; ``origin`` names it in errors (a path, or
         ``"packaged persona.md.j2"``). ``ConfigError`` on any problem."""
         self.origin = origin
+        self.source = source
         environment = SandboxedEnvironment(
             autoescape=False,
             undefined=jinja2.StrictUndefined,

@@ -45,6 +45,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from bambid.ai.llm import BackendError, Completion
+from bambid.urls import redact_url
 
 #: ``on_delta(text)``: one piece of visible reply text.
 OnDelta = Callable[[str], None]
@@ -337,7 +338,7 @@ class HealthMonitor:
         self.interval = interval
         self.results: list[dict[str, Any]] = [
             {
-                "url": route.url,
+                "url": redact_url(route.url, mask=""),
                 "reachable": None,
                 "model": None,
                 "models": 0,
@@ -389,8 +390,8 @@ class HealthMonitor:
             return
         except Exception:  # health() promises not to raise; keep the loop alive anyway
             self._log.failure("health check of {url} failed", url=route.url)
-            result = {"url": route.url, "reachable": False, "error": "the health check failed"}
-        result.setdefault("url", route.url)
+            result = {"reachable": False, "error": "the health check failed"}
+        result.setdefault("url", redact_url(route.url, mask=""))
         result["checked_at"] = self.clock.seconds()
         if result.get("reachable") and result.get("model"):
             route.down_until = 0.0

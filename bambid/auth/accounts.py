@@ -9,7 +9,8 @@ Rules:
 
 - Usernames (accounts and guests alike) are 3-32 of ``A-Z a-z 0-9 _ -``,
   unique regardless of case (``models.username_key``) across registered
-  accounts *and* the unexpired sessions of guests. Passwords are 8-1024
+  accounts *and* the unexpired sessions of guests; names starting with
+  ``deleted-`` are reserved (deleted accounts' messages keep such names). Passwords are 8-1024
   characters, compared exactly, stored as argon2id hashes (``PasswordHashing``).
 - Failed logins are throttled per account and per client address with token
   buckets (``auth.login_burst`` failures, refilled at ``auth.login_per_minute``):
@@ -56,6 +57,9 @@ from bambid.storage import Storage
 from bambid.storage.interface import DuplicateError, NotFoundError
 
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{3,32}")
+#: Names no account or guest can take: a deleted account's chat messages
+#: stay in the rooms under ``deleted-<8 hex digits>`` (``bambid.web.me_routes``).
+RESERVED_PREFIX = "deleted-"
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 1024
 #: Roles an admin may give from the admin page; "admin" comes from ``auth.admins``.
@@ -113,6 +117,11 @@ def check_username(name: Any, field: str = "username") -> str:
             "invalid",
             "names are 3 to 32 characters: letters, digits, _ and -",
             field=field,
+        )
+    if username_key(name).startswith(RESERVED_PREFIX):
+        # The chat messages of deleted accounts are kept under such names.
+        raise AccountError(
+            "invalid", f"names starting with {RESERVED_PREFIX!r} are reserved", field=field
         )
     return name
 
@@ -311,6 +320,34 @@ class AccountService:
             raise AccountError("bad_request", "'username' must be a string", field="username")
         if not isinstance(password, str):
             raise AccountError("bad_request", "'password' must be a string", field="password")
+        account = await self._password_matches(username, password, address)
+        if account is None:
+            raise AccountError("invalid_credentials", "wrong username or password")
+        await self._refuse_banned(account.username)
+        await self._record(account.username, "login", {"address": address})
+        identity = Identity(
+            name=account.username, role=role_for(account.username, account.role, self.admins)
+        )
+        return await self._sign_in(identity, _token_hash(current_token), self.session_lifetime)
+
+    async def confirm_password(self, identity: Identity, password: Any, address: str) -> Account:
+        """Check that the signed-in account ``identity`` knows its password,
+        before an action that cannot be undone (deleting the account). It is
+        throttled like ``login``, in the same buckets (so guesses here and at
+        the login form count together); a wrong password is
+        ``invalid_credentials``, a guest ``forbidden``."""
+        if identity.guest:
+            raise AccountError("forbidden", "guests have no password")
+        if not isinstance(password, str):
+            raise AccountError("bad_request", "'password' must be a string", field="password")
+        account = await self._password_matches(identity.name, password, address)
+        if account is None:
+            raise AccountError("invalid_credentials", "wrong password", field="password")
+        return account
+
+    async def _password_matches(self, username: str, password: str, address: str) -> Account | None:
+        """The account if ``password`` is its password, else None; throttled
+        (see the module doc): ``rate_limited`` when the buckets are empty."""
         keys = (f"user:{username_key(username[:64])}", f"addr:{address}")
         wait = self.throttle.reserve(keys)
         if wait > 0:
@@ -328,18 +365,13 @@ class AccountService:
         encoded = account.password_hash if account is not None else await self._dummy()
         matches = len(password) <= PASSWORD_MAX_LENGTH and await self._verify(encoded, password)
         if account is None or not matches:
-            raise AccountError("invalid_credentials", "wrong username or password")
+            return None
         # Only failures count. The account's own bucket is refilled: whoever
         # knows the password may start afresh; the address's is not, or logging
         # in to one's own account between guesses would reset it.
         self.throttle.refund(keys[1:])
         self.throttle.reset(keys[0])
-        await self._refuse_banned(account.username)
-        await self._record(account.username, "login", {"address": address})
-        identity = Identity(
-            name=account.username, role=role_for(account.username, account.role, self.admins)
-        )
-        return await self._sign_in(identity, _token_hash(current_token), self.session_lifetime)
+        return account
 
     async def guest(self, name: Any, current_token: str | None = None) -> SignedIn:
         """A guest session under ``name`` (``auth.guest_session_days`` long).
@@ -350,7 +382,11 @@ class AccountService:
         current = _token_hash(current_token)
         await self._refuse_banned(name)
         with self._claim(name, field="name"):
-            await self._check_name_free(name, current, field="name")
+            continuing = await self._check_name_free(name, current, field="name")
+            if not continuing:
+                # A new guest under a name an earlier guest used: what that guest
+                # said to their companion is theirs, never the newcomer's.
+                await self.storage.delete_conversations(f"guest:{name}")
             identity = Identity(name=name, role="user", guest=True)
             signed_in = await self._sign_in(identity, current, self.guest_lifetime)
         await self._record(name, "guest", {})
@@ -427,15 +463,21 @@ class AccountService:
 
     async def _check_name_free(
         self, name: str, current: str | None, field: str = "username"
-    ) -> None:
+    ) -> bool:
         """``name_taken`` unless no account and no unexpired session (other
-        than the browser's own, ``current``) uses ``name``."""
+        than the browser's own, ``current``) uses ``name``. True when the
+        browser's own unexpired session already holds the name."""
         if await self.storage.get_account(name) is not None:
             raise _name_taken(field)
         now = self.clock.seconds()
+        held = False
         for session in await self.storage.list_sessions(name):
-            if session.expires_at > now and session.token_hash != current:
+            if session.expires_at <= now:
+                continue
+            if session.token_hash != current:
                 raise _name_taken(field)
+            held = True
+        return held
 
     async def _refuse_banned(self, name: str) -> None:
         ban = await active_ban(self.storage, self.clock, name)

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from twisted.web.iweb import IRequest
 
 from bambid.auth.sessions import MAX_TOKEN_LENGTH, SESSION_COOKIE
+from bambid.web.args import request_arg
 
 CSRF_COOKIE = "bambid_csrf"
 CSRF_FIELD = "csrf_token"
@@ -145,17 +146,6 @@ class CsrfProtection:
         expected = self.expected(request)
         if expected is None:
             raise CsrfError("no session or CSRF cookie")
-        sent = _form_value(request, CSRF_FIELD) or request.getHeader(CSRF_HEADER) or ""
+        sent = request_arg(request, CSRF_FIELD) or request.getHeader(CSRF_HEADER) or ""
         if not hmac.compare_digest(sent.encode("utf-8"), expected.encode("ascii")):
             raise CsrfError("missing or wrong CSRF token")
-
-
-def _form_value(request: IRequest, name: str) -> str | None:
-    values = request.args.get(name.encode("ascii")) if request.args else None
-    if not values:
-        return None
-    try:
-        value: str = values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return value

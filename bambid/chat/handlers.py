@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -28,7 +29,7 @@ from bambid.chat.links import LinkChecker
 from bambid.chat.mentions import resolve_mentions
 from bambid.chat.moderation import Moderation
 from bambid.chat.text import TextCleaner, TextRejected, WordFilter
-from bambid.config import Config, ConfigError
+from bambid.config import Config, ConfigError, LimitsConfig
 from bambid.handshake import HelloHandler
 from bambid.identity import Identity
 from bambid.models import ChatMessage, LinkRef, NewChatMessage, UserTagInteraction
@@ -112,6 +113,13 @@ class ChatServices:
         dispatcher.register("chat.history", self.chat_history)
         dispatcher.register("chat.typing", self.chat_typing)
         dispatcher.register("admin.command", self.admin_command)
+
+    def apply_limits(self, limits: LimitsConfig) -> None:
+        """Use new ``[limits]`` (SIGHUP): the per-person chat buckets refill
+        at the new rate from now on, capped at the new burst; strikes and
+        automatic mutes use the new values at their next check."""
+        self.config = attrs.evolve(self.config, limits=limits)
+        self.chat_limiter.configure(limits.chat_per_second, limits.chat_burst)
 
     async def start(self) -> None:
         await self.hub.start()

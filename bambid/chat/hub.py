@@ -23,6 +23,13 @@ Guarantees (docs/protocol.md, "Public chat"):
 - ``after_publish`` listeners (the trigger engine) are called with each
   message given to ``publish``, right after its ``chat.message`` went out (or
   was queued behind a missing ``seq``); one that raises is logged.
+- ``after_register`` listeners are called with ``(connection, identity)``
+  once a connection is recorded as greeted (not again for a repeated
+  ``hello`` as the same person), ``after_forget`` listeners with the same
+  pair once a recorded connection is forgotten (it closed, or was greeted
+  again as someone else); identity None is an anonymous connection. The usage
+  stats (``bambid.profiles.usage``) follow people's visits this way; a
+  listener that raises is logged.
 """
 
 from __future__ import annotations
@@ -106,6 +113,10 @@ class ChatHub:
         self._roles: dict[str, tuple[str, float]] = {}
         #: Called with each published message (see the module doc).
         self.after_publish: list[Callable[[ChatMessage], object]] = []
+        #: Called with ``(connection, identity)`` as connections are greeted
+        #: and forgotten (see the module doc).
+        self.after_register: list[Callable[[Connection, Identity | None], object]] = []
+        self.after_forget: list[Callable[[Connection, Identity | None], object]] = []
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -139,6 +150,7 @@ class ChatHub:
         if identity is not None:
             self._people.setdefault(identity.key, set()).add(connection)
             self._remember_role(identity.name, identity.role)
+        self._notify(self.after_register, connection, identity)
         return True
 
     def forget(self, connection: Connection) -> None:
@@ -147,6 +159,7 @@ class ChatHub:
         for name in list(self._joined.get(connection, ())):
             self.leave(connection, name)
         self._joined.pop(connection, None)
+        registered = connection in self._connections
         identity = self._connections.pop(connection, None)
         if identity is not None:
             others = self._people.get(identity.key)
@@ -154,6 +167,20 @@ class ChatHub:
                 others.discard(connection)
                 if not others:
                     del self._people[identity.key]
+        if registered:
+            self._notify(self.after_forget, connection, identity)
+
+    def _notify(
+        self,
+        listeners: list[Callable[[Connection, Identity | None], object]],
+        connection: Connection,
+        identity: Identity | None,
+    ) -> None:
+        for listener in listeners:
+            try:
+                listener(connection, identity)
+            except Exception:
+                self._log.failure("connection listener {listener}", listener=repr(listener))
 
     def identity_of(self, connection: Connection) -> Identity | None:
         return self._connections.get(connection)

@@ -73,6 +73,13 @@ class WordFilter:
             text = (files("bambid.etc") / "filtered-words.txt").read_text(encoding="utf-8")
         return cls.from_lines(text.splitlines())
 
+    def replace_with(self, other: WordFilter) -> None:
+        """Filter what ``other`` filters from now on (SIGHUP reloads the file).
+        In place, because the chat, the companion and the collar share this
+        object."""
+        self.phrases = other.phrases
+        self._pattern = other._pattern
+
     def apply(self, text: str) -> str:
         if self._pattern is None:
             return text

@@ -22,6 +22,7 @@ Contract, for every method:
 from __future__ import annotations
 
 import abc
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,6 +76,34 @@ def check_preference_key(key: str) -> None:
     """``ValueError`` unless ``key`` is a valid preferences key."""
     if not isinstance(key, str) or not PREFERENCE_KEY.fullmatch(key):
         raise ValueError(f"not a preferences key: {key!r}")
+
+
+# --- shared settings (``get_setting`` / ``set_setting``) ---------------------
+
+#: What a setting key may be: lowercase, dotted names such as ``maintenance``.
+SETTING_KEY = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+#: The largest setting value, as compact JSON (UTF-8 bytes).
+MAX_SETTING_BYTES = 65536
+
+
+def check_setting_key(key: str) -> None:
+    """``ValueError`` unless ``key`` matches ``SETTING_KEY``."""
+    if not isinstance(key, str) or not SETTING_KEY.fullmatch(key):
+        raise ValueError(f"not a setting key (a-z, then a-z, 0-9, _ or ., <= 64): {key!r}")
+
+
+def encode_setting(value: Any) -> str:
+    """``value`` as the compact JSON text both backends store; ``ValueError``
+    for what JSON cannot hold (other types, NaN, infinities, cycles) or text
+    over ``MAX_SETTING_BYTES``. A value reads back as ``json.loads`` of this
+    (tuples as lists, non-string keys as strings)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"a setting value must be JSON-compatible: {e}") from None
+    if len(text.encode("utf-8")) > MAX_SETTING_BYTES:
+        raise ValueError(f"a setting value must be at most {MAX_SETTING_BYTES} bytes as JSON")
+    return text
 
 
 #: The keys of ``Storage.export_user``'s answer (see docs/storage.md).
@@ -142,6 +171,78 @@ def check_replacement(username: str, replacement: str) -> None:
     renamed to the person's own name would not be anonymised."""
     if not username_key(replacement) or username_key(replacement) == username_key(username):
         raise ValueError(f"replacement must be another, non-empty name, got {replacement!r}")
+
+
+# --- analytics: what the admin numbers are counted from (bambid.analytics) ---
+
+#: ``Storage.tally``: each counts the log records of a time range, grouped by
+#: one field: ``user_actions`` (``user_interactions`` by ``action``),
+#: ``audio_kinds`` (``audio_interactions`` by ``kind``), ``triggers_fired``
+#: (``audio_interactions`` of kind ``"trigger"`` by ``name``) and
+#: ``companion_kinds`` (``ai_interactions`` by ``interaction_type``).
+TALLIES = ("user_actions", "audio_kinds", "triggers_fired", "companion_kinds")
+
+#: ``Storage.count_per_day``: each counts records per day, and how many of
+#: them failed: ``chat_messages`` (people's messages, ``message_type``
+#: ``"user"``, deleted ones included; none fail), ``companion_replies``
+#: (``ai_interactions``; failed: ``error`` is not None) and ``speech``
+#: (``audio_interactions`` of kind ``"tts"``; failed: ``details["error"]`` is
+#: present and not None). An error whose code (the text before the first
+#: ``:``) is ``stopped`` (a reply someone stopped) or ``cancelled`` (its
+#: speech) is not a failure.
+DAILY_SERIES = ("chat_messages", "companion_replies", "speech")
+
+#: ``Storage.profile_histogram``: ``xp``, or ``seconds_per_session``
+#: (``usage_stats.total_time_spent / usage_stats.sessions_count`` of the
+#: profiles with at least one session).
+PROFILE_MEASURES = ("xp", "seconds_per_session")
+
+DAY_SECONDS = 86400.0
+#: The most days ``count_per_day`` counts, groups ``tally`` returns and
+#: bounds ``profile_histogram`` takes: every answer stays small.
+MAX_DAYS = 366
+MAX_TALLY = 100
+MAX_BOUNDS = 64
+
+
+def _check_time(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def check_tally(tally: str, since: float, until: float) -> None:
+    """``ValueError`` for an unknown tally or a time range that is not two
+    finite numbers."""
+    if tally not in TALLIES:
+        raise ValueError(f"unknown tally {tally!r}; expected one of {TALLIES}")
+    _check_time("since", since)
+    _check_time("until", until)
+
+
+def check_daily(series: str, start: float, days: int) -> None:
+    """``ValueError`` for an unknown series, a start that is not a finite
+    number, or ``days`` not an int from 1 to ``MAX_DAYS``."""
+    if series not in DAILY_SERIES:
+        raise ValueError(f"unknown daily series {series!r}; expected one of {DAILY_SERIES}")
+    _check_time("start", start)
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"days must be an int from 1 to {MAX_DAYS}, got {days!r}")
+
+
+def check_histogram(measure: str, bounds: Sequence[float]) -> list[float]:
+    """``bounds`` as floats, or ``ValueError`` for an unknown measure or bounds
+    that are not 1 to ``MAX_BOUNDS`` finite, strictly increasing numbers."""
+    if measure not in PROFILE_MEASURES:
+        raise ValueError(f"unknown profile measure {measure!r}; expected one of {PROFILE_MEASURES}")
+    if not 1 <= len(bounds) <= MAX_BOUNDS:
+        raise ValueError(f"bounds must hold 1 to {MAX_BOUNDS} numbers, got {len(bounds)}")
+    for bound in bounds:
+        _check_time("a bound", bound)
+    if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+        raise ValueError(f"bounds must be strictly increasing, got {list(bounds)!r}")
+    return [float(bound) for bound in bounds]
 
 
 def _lists(value: Any) -> Any:
@@ -396,6 +497,36 @@ class Storage(abc.ABC):
         transactions, in an order that a crash cannot make unsafe (see
         ``mongo.MongoStorage.delete_user``): running it again completes it."""
 
+    # -- analytics (bambid.analytics: the admin numbers) ----------------------
+
+    @abc.abstractmethod
+    async def count_active_profiles(self, since: float) -> int:
+        """How many profiles have ``last_active >= since``."""
+
+    @abc.abstractmethod
+    async def tally(
+        self, tally: str, since: float, until: float, limit: int
+    ) -> list[tuple[str, int]]:
+        """The records of ``tally`` (one of ``TALLIES``) with ``since <=
+        timestamp < until``, counted per value of its field: up to ``limit``
+        (at most ``MAX_TALLY``) ``(value, count)`` pairs, most first, ties by
+        value (code point order). ``ValueError`` from ``check_tally``."""
+
+    @abc.abstractmethod
+    async def count_per_day(self, series: str, start: float, days: int) -> list[tuple[int, int]]:
+        """For each of ``days`` days from ``start`` (day ``i`` is ``start + i *
+        DAY_SECONDS <= timestamp < start + (i + 1) * DAY_SECONDS``), how many
+        records of ``series`` (one of ``DAILY_SERIES``) it holds and how many
+        of them failed: ``days`` ``(count, failed)`` pairs, zeros included.
+        ``ValueError`` from ``check_daily``."""
+
+    @abc.abstractmethod
+    async def profile_histogram(self, measure: str, bounds: Sequence[float]) -> list[int]:
+        """How many profiles have ``measure`` (one of ``PROFILE_MEASURES``) in
+        each of ``[bounds[0], bounds[1])``, …, ``[bounds[-1], ∞)``: one count
+        per bound; values below ``bounds[0]`` are not counted. ``ValueError``
+        from ``check_histogram``."""
+
     # -- public chat ----------------------------------------------------------
 
     @abc.abstractmethod
@@ -466,3 +597,18 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def list_records(self, kind: type[R], username: str, limit: int) -> list[R]:
         """Up to ``limit`` records of ``kind`` for ``username``, newest first."""
+
+    # -- shared settings ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_setting(self, key: str) -> Any | None:
+        """The value stored under ``key``, or None when there is none. Every
+        instance (and ``bambidctl``) using the same database sees the same
+        settings. ``ValueError`` for a key not matching ``SETTING_KEY``."""
+
+    @abc.abstractmethod
+    async def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-compatible, see ``encode_setting``) under
+        ``key``, replacing what was there; ``None`` deletes the key (deleting
+        a missing key is not an error). ``ValueError`` for a bad key or value,
+        before anything is stored."""

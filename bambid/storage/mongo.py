@@ -35,6 +35,10 @@ community search; profiles written before it get one at ``open()``
 says how). Deleting a person is a sequence of single writes in a safe order
 (``MongoStorage.delete_user``).
 
+The admin analytics (``tally``, ``count_per_day``, ``profile_histogram``) are
+aggregation pipelines built by ``tally_pipeline``, ``daily_pipeline`` and
+``histogram_pipeline``: MongoDB counts, only the counts travel, in one batch.
+
 txmongo is imported only when a connection is made: importing it installs
 Twisted's global reactor, which a library module must not do on import. Its
 connection pool runs on that global reactor.
@@ -45,8 +49,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -85,18 +90,26 @@ from bambid.models import (
     username_key,
 )
 from bambid.storage.interface import (
+    DAY_SECONDS,
     DELETED_KINDS,
+    MAX_DAYS,
+    MAX_TALLY,
     REACTION_COUNTERS,
     DuplicateError,
     NotFoundError,
     R,
     Storage,
     StorageError,
+    check_daily,
+    check_histogram,
     check_preference_key,
     check_profile_listing,
     check_reaction,
     check_replacement,
+    check_setting_key,
+    check_tally,
     check_usage_amounts,
+    encode_setting,
     export_document,
 )
 
@@ -125,6 +138,7 @@ COUNTERS = "counters"
 CONVERSATIONS = "conversations"
 SANCTIONS = "sanctions"
 REACTIONS = "reactions"
+SETTINGS = "settings"
 
 
 # --- configuration -------------------------------------------------------------
@@ -249,6 +263,11 @@ INDEXES: tuple[IndexSpec, ...] = (
     IndexSpec(CHAT_MESSAGES, (("username_key", 1), ("timestamp", 1), ("room", 1), ("seq", 1))),
     IndexSpec(REACTIONS, (("from_key", 1), ("to_key", 1), ("kind", 1)), unique=True),
     IndexSpec(REACTIONS, (("to_key", 1), ("kind", 1))),
+    # Analytics (``tally``, ``count_per_day``): every person's records of a
+    # time range, with the field they are grouped or filtered by.
+    IndexSpec(UserInteraction.collection, (("timestamp", 1), ("action", 1))),
+    IndexSpec(AudioInteraction.collection, (("timestamp", 1), ("kind", 1), ("name", 1))),
+    IndexSpec(CHAT_MESSAGES, (("timestamp", 1), ("message_type", 1))),
 )
 
 #: Indexes of older bambid versions that ``open()`` drops when they exist: the
@@ -810,6 +829,96 @@ def reaction_from_document(doc: Mapping[str, Any]) -> Reaction:
 #: Sanctions of a person through the unique ``{kind, username_key}`` index.
 def _sanctions_of(key: str) -> Document:
     return {"kind": {"$in": list(SANCTION_KINDS)}, "username_key": key}
+
+
+# --- analytics: aggregation pipelines ---------------------------------------------------
+
+_DAY_MS = round(DAY_SECONDS * 1000)
+
+
+def _is_set(path: str) -> Document:
+    """1 when the field at ``path`` holds a value other than null, else 0."""
+    return {"$cond": [{"$eq": [{"$ifNull": [path, None]}, None]}, 0, 1]}
+
+
+#: ``Storage.tally``: collection, grouped field, extra conditions.
+TALLY_QUERIES: dict[str, tuple[str, str, Document]] = {
+    "user_actions": (UserInteraction.collection, "action", {}),
+    "audio_kinds": (AudioInteraction.collection, "kind", {}),
+    "triggers_fired": (AudioInteraction.collection, "name", {"kind": "trigger"}),
+    "companion_kinds": (AIInteraction.collection, "interaction_type", {}),
+}
+
+#: Errors that are not failures (``interface.DAILY_SERIES``): a stopped
+#: reply, cancelled speech.
+NOT_FAILED_PATTERN = "^(stopped|cancelled)(:|$)"
+
+
+def _failed(path: str) -> Document:
+    """1 when the error at ``path`` (a string or null) is set and is not a
+    stop or a cancellation (``NOT_FAILED_PATTERN``), else 0."""
+    stop = {"$regexMatch": {"input": path, "regex": NOT_FAILED_PATTERN}}
+    return {"$cond": [{"$and": [{"$eq": [_is_set(path), 1]}, {"$not": [stop]}]}, 1, 0]}
+
+
+#: ``Storage.count_per_day``: collection, "failed" expression, extra conditions.
+DAILY_QUERIES: dict[str, tuple[str, Any, Document]] = {
+    "chat_messages": (CHAT_MESSAGES, 0, {"message_type": "user"}),
+    "companion_replies": (AIInteraction.collection, _failed("$error"), {}),
+    "speech": (AudioInteraction.collection, _failed("$details.error"), {"kind": "tts"}),
+}
+
+#: ``Storage.profile_histogram``: the measured value and the profiles measured.
+MEASURE_QUERIES: dict[str, tuple[Any, Document]] = {
+    "xp": ("$xp", {}),
+    "seconds_per_session": (
+        {"$divide": ["$usage_stats.total_time_spent", "$usage_stats.sessions_count"]},
+        {"usage_stats.sessions_count": {"$gt": 0}},
+    ),
+}
+
+
+def _time_range(since: float, until: float) -> Document:
+    return {"timestamp": {"$gte": to_datetime(since), "$lt": to_datetime(until)}}
+
+
+def tally_pipeline(tally: str, since: float, until: float, limit: int) -> list[Document]:
+    """``Storage.tally`` as an aggregation: match the range, group, sort, limit."""
+    check_tally(tally, since, until)
+    _, field, conditions = TALLY_QUERIES[tally]
+    return [
+        {"$match": {**_time_range(since, until), **conditions}},
+        {"$group": {"_id": f"${field}", "count": {"$sum": 1}}},
+        {"$sort": {"count": -1, "_id": 1}},
+        {"$limit": max(1, min(limit, MAX_TALLY))},
+    ]
+
+
+def daily_pipeline(series: str, start: float, days: int) -> list[Document]:
+    """``Storage.count_per_day`` as an aggregation: the day of a record is
+    the milliseconds since ``start`` (date minus date) over a day's."""
+    check_daily(series, start, days)
+    _, failed, conditions = DAILY_QUERIES[series]
+    origin = to_datetime(start)
+    day = {"$floor": {"$divide": [{"$subtract": ["$timestamp", origin]}, _DAY_MS]}}
+    return [
+        {"$match": {**_time_range(start, start + days * DAY_SECONDS), **conditions}},
+        {"$group": {"_id": day, "count": {"$sum": 1}, "failed": {"$sum": failed}}},
+    ]
+
+
+def histogram_pipeline(measure: str, bounds: Sequence[float]) -> list[Document]:
+    """``Storage.profile_histogram`` as a ``$bucket``; values below the first
+    bound land in the ``"other"`` bucket, which the caller drops."""
+    edges = check_histogram(measure, bounds)
+    value, conditions = MEASURE_QUERIES[measure]
+    bucket: Document = {
+        "groupBy": value,
+        "boundaries": [*edges, math.inf],
+        "default": "other",
+        "output": {"count": {"$sum": 1}},
+    }
+    return [{"$match": conditions}, {"$bucket": bucket}]
 
 
 # --- the storage ----------------------------------------------------------------------
@@ -1392,6 +1501,57 @@ class MongoStorage(Storage):
             counts["account"] = int(result.deleted_count)
         return {kind: counts[kind] for kind in DELETED_KINDS}
 
+    # -- analytics --------------------------------------------------------------------
+
+    async def _aggregate(
+        self, what: str, collection: str, pipeline: list[Document], batch: int
+    ) -> list[Document]:
+        """The documents ``pipeline`` gives, in one batch of at most ``batch``
+        (so that no ``getMore`` without a deadline follows)."""
+        with self._operation(what) as db:
+            docs: list[Document] = await db[collection].aggregate(
+                pipeline, initial_batch_size=batch, timeout=self._timeout
+            )
+        return docs
+
+    async def count_active_profiles(self, since: float) -> int:
+        query: Document = {"last_active": {"$gte": to_datetime(since)}}
+        with self._operation("count active profiles") as db:
+            count = await db[PROFILES].count_documents(query, timeout=self._timeout)
+        return int(count)
+
+    async def tally(
+        self, tally: str, since: float, until: float, limit: int
+    ) -> list[tuple[str, int]]:
+        pipeline = tally_pipeline(tally, since, until, limit)
+        if limit <= 0:
+            return []
+        collection = TALLY_QUERIES[tally][0]
+        docs = await self._aggregate(f"tally {tally}", collection, pipeline, MAX_TALLY)
+        return [(doc["_id"], int(doc["count"])) for doc in docs if isinstance(doc["_id"], str)]
+
+    async def count_per_day(self, series: str, start: float, days: int) -> list[tuple[int, int]]:
+        pipeline = daily_pipeline(series, start, days)
+        collection = DAILY_QUERIES[series][0]
+        docs = await self._aggregate(f"count {series} per day", collection, pipeline, MAX_DAYS)
+        counts = [[0, 0] for _ in range(days)]
+        for doc in docs:
+            # Rounding may put a record just below the end on day ``days``.
+            day = counts[min(max(int(doc["_id"]), 0), days - 1)]
+            day[0] += int(doc["count"])
+            day[1] += int(doc["failed"])
+        return [(count, failed) for count, failed in counts]
+
+    async def profile_histogram(self, measure: str, bounds: Sequence[float]) -> list[int]:
+        pipeline = histogram_pipeline(measure, bounds)
+        index = {edge: i for i, edge in enumerate(check_histogram(measure, bounds))}
+        docs = await self._aggregate(f"{measure} histogram", PROFILES, pipeline, len(index) + 1)
+        counts = [0] * len(index)
+        for doc in docs:
+            if doc["_id"] != "other":
+                counts[index[float(doc["_id"])]] += int(doc["count"])
+        return counts
+
     # -- public chat -------------------------------------------------------------------
 
     async def append_chat_message(self, message: NewChatMessage) -> ChatMessage:
@@ -1540,6 +1700,33 @@ class MongoStorage(Storage):
                 db, kind.collection, query, (("timestamp", -1), ("_id", -1)), limit
             )
         return [cast(R, codec.from_document(doc)) for doc in docs]
+
+    # -- shared settings --------------------------------------------------------------------
+
+    async def get_setting(self, key: str) -> Any | None:
+        """``settings`` documents are ``{_id: key, value: <JSON text>}``: the
+        value is kept as the same JSON text as on SQLite, so any JSON value
+        (keys with dots or ``$``, integers beyond 64 bits) reads back alike."""
+        check_setting_key(key)
+        with self._operation("get setting") as db:
+            doc = await db[SETTINGS].find_one({"_id": key}, timeout=self._timeout)
+        if doc is None:
+            return None
+        try:
+            return json.loads(doc["value"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise StorageError(f"mongodb setting {key!r} is not stored JSON text") from e
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        check_setting_key(key)
+        text = None if value is None else encode_setting(value)
+        with self._operation("set setting") as db:
+            if text is None:
+                await db[SETTINGS].delete_one({"_id": key}, timeout=self._timeout)
+            else:
+                await db[SETTINGS].replace_one(
+                    {"_id": key}, {"_id": key, "value": text}, upsert=True, timeout=self._timeout
+                )
 
 
 async def backfill_session_keys(db: Any, timeout: float) -> int:

@@ -34,7 +34,7 @@ import re
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
@@ -69,18 +69,25 @@ from bambid.models import (
     username_key,
 )
 from bambid.storage.interface import (
+    DAY_SECONDS,
     DELETED_KINDS,
+    MAX_TALLY,
     REACTION_COUNTERS,
     DuplicateError,
     NotFoundError,
     R,
     Storage,
     StorageError,
+    check_daily,
+    check_histogram,
     check_preference_key,
     check_profile_listing,
     check_reaction,
     check_replacement,
+    check_setting_key,
+    check_tally,
     check_usage_amounts,
+    encode_setting,
     export_document,
 )
 
@@ -675,6 +682,53 @@ def _profile_filter(query: str, public_only: bool) -> tuple[str, tuple[Any, ...]
         clauses.append("(instr(username_key, ?) > 0 OR instr(display_name_key, ?) > 0)")
         params += [key, key]
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+# --- analytics ------------------------------------------------------------------------
+#
+# Constant SQL fragments per name (never caller text): the table, what is
+# counted, and the condition that selects the records.
+
+#: ``Storage.tally``: table, grouped column, extra condition. Indexes: 0007
+#: (user and audio interactions by time), 0001 (ai_interactions by time).
+_TALLY_SQL = {
+    "user_actions": ("user_interactions", "action", ""),
+    "audio_kinds": ("audio_interactions", "kind", ""),
+    "triggers_fired": ("audio_interactions", "name", " AND kind = 'trigger'"),
+    "companion_kinds": ("ai_interactions", "interaction_type", ""),
+}
+
+
+def _failed_sql(error: str) -> str:
+    """1 when ``error`` (an SQL expression) is set and is neither a stop nor
+    a cancellation (``interface.DAILY_SERIES``: its code, the text before the
+    first ``:``, is not ``stopped`` or ``cancelled``), else 0."""
+    return (
+        f"({error} IS NOT NULL AND {error} NOT IN ('stopped', 'cancelled')"
+        f" AND substr({error}, 1, 8) != 'stopped:' AND substr({error}, 1, 10) != 'cancelled:')"
+    )
+
+
+#: ``Storage.count_per_day``: table, "failed" expression, extra condition.
+_DAILY_SQL = {
+    "chat_messages": ("chat_messages", "0", " AND message_type = 'user'"),
+    "companion_replies": ("ai_interactions", _failed_sql("error"), ""),
+    "speech": (
+        "audio_interactions",
+        _failed_sql("json_extract(details, '$.error')"),
+        " AND kind = 'tts'",
+    ),
+}
+
+#: ``Storage.profile_histogram``: the measured value and the profiles measured.
+_MEASURE_SQL = {
+    "xp": ("xp", ""),
+    "seconds_per_session": (
+        "CAST(json_extract(usage_stats, '$.total_time_spent') AS REAL)"
+        " / json_extract(usage_stats, '$.sessions_count')",
+        " WHERE json_extract(usage_stats, '$.sessions_count') > 0",
+    ),
+}
 
 
 def _reaction_from_row(row: sqlite3.Row) -> Reaction:
@@ -1429,6 +1483,76 @@ class SQLiteStorage(Storage):
 
         return await self._submit(delete, True)
 
+    # -- analytics ------------------------------------------------------------------
+
+    async def count_active_profiles(self, since: float) -> int:
+        def select(conn: sqlite3.Connection) -> int:
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM profiles WHERE last_active >= ?", (float(since),)
+            ).fetchone()
+            return int(count)
+
+        return await self._submit(select, False)
+
+    async def tally(
+        self, tally: str, since: float, until: float, limit: int
+    ) -> list[tuple[str, int]]:
+        check_tally(tally, since, until)
+        if limit <= 0:
+            return []
+        table, column, condition = _TALLY_SQL[tally]
+        sql = (
+            f"SELECT {column} AS value, COUNT(*) AS count FROM {table}"
+            f" WHERE timestamp >= ? AND timestamp < ?{condition}"
+            " GROUP BY value ORDER BY count DESC, value LIMIT ?"
+        )
+
+        def select(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            rows = conn.execute(sql, (since, until, min(limit, MAX_TALLY))).fetchall()
+            return [(str(row["value"]), int(row["count"])) for row in rows]
+
+        return await self._submit(select, False)
+
+    async def count_per_day(self, series: str, start: float, days: int) -> list[tuple[int, int]]:
+        check_daily(series, start, days)
+        table, failed, condition = _DAILY_SQL[series]
+        sql = (
+            f"SELECT CAST((timestamp - ?) / {DAY_SECONDS!r} AS INTEGER) AS day,"
+            f" COUNT(*) AS count, SUM({failed}) AS failed FROM {table}"
+            f" WHERE timestamp >= ? AND timestamp < ?{condition} GROUP BY day"
+        )
+        end = start + days * DAY_SECONDS
+
+        def select(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            counts = [[0, 0] for _ in range(days)]
+            for row in conn.execute(sql, (start, start, end)):
+                # Rounding may put a record just below ``end`` on day ``days``.
+                day = counts[min(max(int(row["day"]), 0), days - 1)]
+                day[0] += int(row["count"])
+                day[1] += int(row["failed"])
+            return [(count, failed) for count, failed in counts]
+
+        return await self._submit(select, False)
+
+    async def profile_histogram(self, measure: str, bounds: Sequence[float]) -> list[int]:
+        edges = check_histogram(measure, bounds)
+        value, where = _MEASURE_SQL[measure]
+        # The bucket of a value is the number of bounds it reaches (1 for the first).
+        bucket = " + ".join("(value >= ?)" for _ in edges)
+        sql = (
+            f"SELECT {bucket} AS bucket, COUNT(*) AS count"
+            f" FROM (SELECT {value} AS value FROM profiles{where})"
+            " WHERE value >= ? GROUP BY bucket"
+        )
+
+        def select(conn: sqlite3.Connection) -> list[int]:
+            counts = [0] * len(edges)
+            for row in conn.execute(sql, (*edges, edges[0])):
+                counts[int(row["bucket"]) - 1] += int(row["count"])
+            return counts
+
+        return await self._submit(select, False)
+
     # -- public chat ----------------------------------------------------------------
 
     async def append_chat_message(self, message: NewChatMessage) -> ChatMessage:
@@ -1632,3 +1756,36 @@ class SQLiteStorage(Storage):
             return [cast(R, spec.from_row(row)) for row in rows]
 
         return await self._submit(select, False)
+
+    # -- shared settings --------------------------------------------------------------
+
+    async def get_setting(self, key: str) -> Any | None:
+        check_setting_key(key)
+
+        def select(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row["value"])
+
+        text = await self._submit(select, False)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as e:  # written by hand, or by something else
+            raise StorageError(f"sqlite setting {key!r} is not stored JSON text") from e
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        check_setting_key(key)
+        text = None if value is None else encode_setting(value)
+
+        def write(conn: sqlite3.Connection) -> None:
+            if text is None:
+                conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO settings (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, text),
+                )
+
+        await self._submit(write, True)

@@ -34,7 +34,9 @@ Firing. A trigger fires at most once per person per
 ``triggers.fire_cooldown_seconds`` (clock injected). Each action is called in
 order with a ``FireContext``; a failure (exception or failed Deferred) is
 logged with the action's name and stops neither the others nor the reply.
-``stop()`` waits for the actions still running.
+``stop()`` waits for the actions still running. ``after_fire`` listeners are
+called with each firing's ``FireContext`` (once per firing, not per action;
+the usage stats count them); one that raises is logged.
 """
 
 from __future__ import annotations
@@ -153,6 +155,8 @@ class TriggerEngine:
         self._next_sweep = 0.0
         self._pending: set[Deferred[Any]] = set()
         self._reloading = DeferredLock()
+        #: Called with the ``FireContext`` of each firing (see the module doc).
+        self.after_fire: list[Callable[[FireContext], object]] = []
 
     @property
     def catalog(self) -> Catalog:
@@ -387,6 +391,11 @@ class TriggerEngine:
             running: Deferred[None] = defer.maybeDeferred(action.fire, context)
             running.addErrback(self._action_failed, name, context)
             self._track(running)
+        for listener in self.after_fire:
+            try:
+                listener(context)
+            except Exception:
+                self._log.failure("after firing {key}", key=trigger.key)
         return True
 
     def _action_failed(self, failure: Failure, name: str, context: FireContext) -> None:

@@ -5,9 +5,11 @@ Registered types: ``voice.prefs``, ``voice.set``, ``voice.read`` and
 ``voice.stop`` (docs/protocol.md, "Voice" and "Triggers and effects"); each
 needs a signed-in person (``unauthenticated``). ``voice.set`` takes any of
 ``enabled`` (bool), ``voice`` (a voice id from ``/api/voices``, or "" for the
-default) and ``speed`` (a number, 0.25-4.0); anything else is
-``bad_request`` and nothing is changed. The sender gets the ``ack``, then
-every tab of the person gets ``voice.prefs`` (without ``id``).
+default), ``speed`` (a number, 0.25-4.0) and ``volume`` (a number, 0-1: the
+browsers' playback volume, kept so that it follows the person); anything
+else is ``bad_request`` naming the ``field`` and nothing is changed. The
+sender gets the ``ack``, then every tab of the person gets ``voice.prefs``
+(without ``id``).
 
 ``voice.read {text}`` (any level) reads a whole text aloud as a reading
 (``VoicePipeline.start_reading``, kind "read"): ``ack {reply_id}``, then
@@ -49,7 +51,7 @@ from bambid.voice.cache import AudioCache
 from bambid.voice.espeak import EspeakBackend
 from bambid.voice.kokoro import KokoroBackend
 from bambid.voice.pipeline import VoicePipeline
-from bambid.voice.preferences import VoicePreferences
+from bambid.voice.preferences import VoicePreferences, VoicePrefs, valid_volume
 from bambid.voice.speech import Speech
 from bambid.ws.dispatch import ClientError, Connection, Dispatcher
 
@@ -254,23 +256,50 @@ class VoiceServices:
 
     async def set(self, connection: Connection, message: Mapping[str, Any]) -> None:
         identity = _identity(connection)
-        enabled = message.get("enabled")
-        if enabled is not None and not isinstance(enabled, bool):
-            raise ClientError("bad_request", "'enabled' must be true or false")
-        speed = None
-        if message.get("speed") is not None:
-            speed = valid_speed(message["speed"])
-            if speed is None:
-                raise ClientError("bad_request", "'speed' must be a number from 0.25 to 4.0")
-        voice = message.get("voice")
-        if voice is not None:
-            if not isinstance(voice, str) or len(voice) > MAX_VOICE_LENGTH:
-                raise ClientError("bad_request", "'voice' must be a voice id")
-            if voice and not await self._known(voice):
-                raise ClientError("bad_request", f"there is no voice {voice!r}")
-        prefs = await self.preferences.update(identity, enabled=enabled, voice=voice, speed=speed)
+        changes = await self.check(message)
+        prefs = await self.preferences.update(identity, **changes)
         ack: dict[str, Any] = {"id": message["id"]} if "id" in message else {}
         connection.send("ack", **ack)
+        self.announce(identity, prefs)
+
+    async def check(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The changes ``values`` asks for (``enabled``, ``voice``, ``speed``,
+        ``volume``; absent or null: unchanged), as keywords of
+        ``VoicePreferences.update``; other keys are ignored. A bad value is
+        ``ClientError("bad_request", ..., field=<key>)`` and nothing changes;
+        ``unavailable`` when a voice is named and no voice list can be read.
+        The HTTP preferences API checks with this too."""
+        enabled = values.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ClientError("bad_request", "'enabled' must be true or false", field="enabled")
+        speed = None
+        if values.get("speed") is not None:
+            speed = valid_speed(values["speed"])
+            if speed is None:
+                raise ClientError(
+                    "bad_request", "'speed' must be a number from 0.25 to 4.0", field="speed"
+                )
+        volume = None
+        if values.get("volume") is not None:
+            volume = valid_volume(values["volume"])
+            if volume is None:
+                raise ClientError(
+                    "bad_request", "'volume' must be a number from 0 to 1", field="volume"
+                )
+        voice = values.get("voice")
+        if voice is not None:
+            if not isinstance(voice, str) or len(voice) > MAX_VOICE_LENGTH:
+                raise ClientError("bad_request", "'voice' must be a voice id", field="voice")
+            if voice and not await self._known(voice):
+                raise ClientError("bad_request", f"there is no voice {voice!r}", field="voice")
+        return {"enabled": enabled, "voice": voice, "speed": speed, "volume": volume}
+
+    def state(self, prefs: VoicePrefs) -> dict[str, Any]:
+        """The fields of a ``voice.prefs`` frame for ``prefs``."""
+        return self._frame(prefs)
+
+    def announce(self, identity: Identity, prefs: VoicePrefs) -> None:
+        """Every tab of the person gets ``voice.prefs`` (after a change)."""
         self.people.send_to_person(identity.name, "voice.prefs", **self._frame(prefs))
 
     async def _known(self, voice: str) -> bool:

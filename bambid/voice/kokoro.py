@@ -35,6 +35,7 @@ from bambid.httpclient import (
     base_url,
     request_headers,
 )
+from bambid.urls import redact_url
 from bambid.voice.backend import MEDIA_TYPES, Audio, TTSError, Voice, voices_health
 
 __all__ = ["DEFAULT_VOICE", "LANGUAGES", "KokoroBackend", "parse_voices"]
@@ -159,7 +160,7 @@ class KokoroBackend:
     async def health(self) -> dict[str, Any]:
         """Whether the voices can be listed (``voices_health``). Never raises
         (except CancelledError when cancelled)."""
-        return await voices_health(self, self._reactor, url=self.url)
+        return await voices_health(self, self._reactor, url=redact_url(self.url, mask=""))
 
     @property
     def _where(self) -> str:

@@ -1,18 +1,23 @@
-"""Each person's voice settings: whether replies are spoken, the voice, the speed.
+"""Each person's voice settings: whether replies are spoken, the voice, the
+speed, and the volume their browsers play speech at.
 
 What a person chose is kept apart from the defaults, so a default changed in
 the configuration reaches everyone who never chose: accounts keep their
 choices in ``Profile.preferences["voice"]`` (``{"enabled": bool, "voice":
-str, "speed": float}``, only the keys they set; the other preference keys are
-left as they are); guests keep them in memory for the life of their guest
-name (``forget_guest`` when their last connection closes). The defaults are
-``voice.speak_replies``, the primary backend's default voice and
-``voice.speed``. Changes of one person are serialised (``DeferredLock``), so
-two tabs setting different keys at once both count.
+str, "speed": float, "volume": float}``, only the keys they set; the other
+preference keys are left as they are); guests keep them in memory for the
+life of their guest name (``forget_guest`` when their last connection
+closes). The defaults are ``voice.speak_replies``, the primary backend's
+default voice, ``voice.speed`` and ``DEFAULT_VOLUME``. The volume (0-1) is
+kept here only so that it follows the person to every device: browsers
+apply it, the server synthesises speech the same whatever it is. Changes of
+one person are serialised (``DeferredLock``), so two tabs setting different
+keys at once both count.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +31,19 @@ from bambid.storage import Storage
 
 #: The key in ``Profile.preferences``.
 PREFERENCES_KEY = "voice"
-_KEYS = ("enabled", "voice", "speed")
+_KEYS = ("enabled", "voice", "speed", "volume")
+#: The volume (0-1) of someone who never chose one.
+DEFAULT_VOLUME = 1.0
+
+
+def valid_volume(value: Any) -> float | None:
+    """``value`` as a volume if it is a number from 0 to 1, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    volume = float(value)
+    if not math.isfinite(volume) or not 0.0 <= volume <= 1.0:
+        return None
+    return volume
 
 
 @attrs.frozen
@@ -36,6 +53,7 @@ class VoicePrefs:
     enabled: bool
     voice: str
     speed: float
+    volume: float = DEFAULT_VOLUME
 
 
 class VoicePreferences:
@@ -56,12 +74,14 @@ class VoicePreferences:
         enabled = chosen.get("enabled")
         voice = chosen.get("voice")
         speed = chosen.get("speed")
+        volume = valid_volume(chosen.get("volume"))
         return VoicePrefs(
             enabled=enabled if isinstance(enabled, bool) else self.config.speak_replies,
             voice=voice if isinstance(voice, str) else "",
             speed=float(speed)
             if isinstance(speed, (int, float)) and not isinstance(speed, bool)
             else self.config.speed,
+            volume=DEFAULT_VOLUME if volume is None else volume,
         )
 
     async def _chosen(self, identity: Identity) -> dict[str, Any]:
@@ -82,6 +102,7 @@ class VoicePreferences:
         enabled: bool | None = None,
         voice: str | None = None,
         speed: float | None = None,
+        volume: float | None = None,
     ) -> VoicePrefs:
         """Set what is not None (``voice=""`` goes back to the default voice);
         the settings now in effect."""
@@ -93,6 +114,8 @@ class VoicePreferences:
                     chosen["enabled"] = enabled
                 if speed is not None:
                     chosen["speed"] = speed
+                if volume is not None:
+                    chosen["volume"] = volume
                 if voice == "":
                     chosen.pop("voice", None)
                 elif voice is not None:
@@ -121,6 +144,7 @@ class VoicePreferences:
             "enabled": prefs.enabled,
             "voice": prefs.voice or self.default_voice,
             "speed": prefs.speed,
+            "volume": prefs.volume,
             "backend": backend,
             "default_voice": self.default_voice,
         }

@@ -39,6 +39,7 @@ primary cannot list them; ``TTSError("unavailable")`` when nothing lists.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 import attrs
@@ -148,6 +149,9 @@ class Speech:
         self._semaphores: dict[str, DeferredSemaphore] = {}
         self._flights: dict[str, Shared[Clip]] = {}
         self._records: set[Deferred[None]] = set()
+        #: Called with (backend, outcome, seconds) of each ``speak``: outcome
+        #: "ok", "cached", or the ``TTSError`` code ("cancelled", "internal") (metrics).
+        self.spoken_listeners: list[Callable[[str, str, float], object]] = []
         #: Since the primary's last failure, until its next success.
         self.outage = False
         self._skip_until = 0.0
@@ -203,6 +207,9 @@ class Speech:
             else:
                 spoken_by = (self.fallback or self.primary).name
                 spoken_with, cached = voice, False
+            outcome = ("cached" if cached else "ok") if error is None else error.split(":")[0]
+            for listener in self.spoken_listeners:
+                listener(spoken_by, outcome, self.clock.seconds() - started)
             self._record(
                 AudioInteraction(
                     username=username,

@@ -7,7 +7,8 @@ moderation object (the same one behind the WebSocket ``admin.command``) — and,
 for admins only, ``/admin/role``, which sets an account's stored role through
 ``AccountService.set_role``. Every form is CSRF-checked; success redirects
 back to ``/admin`` (303) with a notice, a refusal re-renders the page with
-the reason and the matching status.
+the reason and the matching status. ``/admin/maintenance`` (admins only:
+``on`` "1" or "0", ``message``) switches maintenance mode (``bambid.maintenance``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
@@ -24,13 +25,17 @@ from bambid.auth.accounts import ASSIGNABLE_ROLES, AccountError
 from bambid.auth.sessions import role_for
 from bambid.identity import Identity
 from bambid.models import Sanction
+from bambid.storage import StorageError
 from bambid.web.app import ApiError, WebApp
 from bambid.web.auth_routes import AuthRoutes, Notice, form_value, redirect
 from bambid.ws.dispatch import ClientError
 
+if TYPE_CHECKING:
+    from bambid.maintenance import Maintenance
+
 PAGE_SIZE = 25
 MODERATION_COMMANDS = ("ban", "unban", "mute", "unmute")
-ACTIONS = (*MODERATION_COMMANDS, "role")
+ACTIONS = (*MODERATION_COMMANDS, "role", "maintenance")
 #: HTTP status for a ``ClientError.code`` from the moderation object.
 MODERATION_STATUS = {"forbidden": 403, "not_found": 404, "bad_request": 400}
 #: What the page says after each successful action (``user`` is appended).
@@ -40,6 +45,7 @@ DONE = {
     "mute": "Muted",
     "unmute": "Lifted the mute of",
     "role": "Changed the role of",
+    "maintenance": "Maintenance mode is now",
 }
 _SEARCH = re.compile(r"[A-Za-z0-9_-]{0,32}")
 
@@ -65,6 +71,8 @@ class AdminRoutes:
         self.auth = auth
         self.accounts = auth.accounts
         self.moderation = moderation
+        #: Set by the service: the maintenance switch (None: no form).
+        self.maintenance: Maintenance | None = None
 
     async def admin_page(self, request: IRequest) -> bytes:
         try:
@@ -93,6 +101,8 @@ class AdminRoutes:
         try:
             if action == "role":
                 await self.accounts.set_role(actor, user, form_value(request, "role"))
+            elif action == "maintenance":
+                user = await self._switch_maintenance(actor, request)
             else:
                 await self._moderate(actor, action, user, request)
         except AccountError as e:
@@ -112,6 +122,24 @@ class AdminRoutes:
                 if value:
                     args[field] = value
         await self.moderation.execute(actor, cmd, args)
+
+    async def _switch_maintenance(self, actor: Identity, request: IRequest) -> str:
+        """The maintenance form, for admins only; "on" or "off" once switched."""
+        if not actor.is_admin:
+            raise AccountError("forbidden", "Only admins can switch maintenance mode.")
+        if self.maintenance is None:
+            raise AccountError("unavailable", "Maintenance mode is unavailable.")
+        on = form_value(request, "on")
+        if on not in ("0", "1"):
+            raise AccountError("bad_request", "Choose whether maintenance mode is on or off.")
+        message = form_value(request, "message")
+        try:
+            await self.maintenance.set(on == "1", actor.name, message, via="web")
+        except ValueError as e:
+            raise AccountError("bad_request", str(e)) from None
+        except StorageError:
+            raise AccountError("unavailable", "The switch could not be saved; try again.") from None
+        return "on" if on == "1" else "off"
 
     async def _moderator(self, request: IRequest) -> Identity | None:
         """The signed-in moderator or admin; None when nobody is signed in;
@@ -179,6 +207,9 @@ class AdminRoutes:
             mutes=mutes,
             roles=ASSIGNABLE_ROLES,
             moderation_available=self.moderation is not None,
+            maintenance=self.maintenance.state if self.maintenance is not None else None,
+            maintenance_since=_maintenance_since(self.maintenance),
+            maintenance_default=self.maintenance.config.message if self.maintenance else "",
             notice=notice,
             error=error,
         )
@@ -212,6 +243,11 @@ def _sanction_row(sanction: Sanction) -> dict[str, str]:
         "since": _datetime(sanction.created_at),
         "until": "until lifted" if sanction.expires_at is None else _datetime(sanction.expires_at),
     }
+
+
+def _maintenance_since(maintenance: Maintenance | None) -> str:
+    since = maintenance.state.since if maintenance is not None else None
+    return _datetime(since) if since is not None else ""
 
 
 def _query_text(user: str) -> str:

@@ -33,6 +33,8 @@ from bambid.ws.protocol import BambidWebSocketFactory
 #: their URLs carry no version, so after an upgrade a browser must not mix old
 #: and new scripts.
 STATIC_CACHE_CONTROL = b"no-cache"
+#: ``GET /api/levels`` changes only with the configuration (a restart).
+LEVELS_CACHE_CONTROL = b"public, max-age=60"
 
 
 def json_response(request: IRequest, status: int, body: Any) -> bytes:
@@ -100,8 +102,12 @@ class WebApp:
         #: Extra template context for every page (e.g. the signed-in person),
         #: computed per request by feature modules.
         self.context_providers: list[Callable[[IRequest], Awaitable[dict[str, Any]]]] = []
+        #: The level table (``bambid.profiles.gates.level_table``) that ``GET /api/levels``
+        #: serves; service.py sets it.
+        self.levels: list[dict[str, Any]] = []
         app = self.app = Klein()
         app.route("/", methods=["GET", "HEAD"])(self.home)
+        app.route("/api/levels", methods=["GET", "HEAD"])(self.levels_api)
         app.route("/health", methods=["GET", "HEAD"])(self.health_page)
         app.route("/health/api", methods=["GET", "HEAD"])(self.health_api)
         app.route("/ws")(self.websocket)
@@ -133,6 +139,12 @@ class WebApp:
 
     async def home(self, request: IRequest) -> bytes:
         return await self.page(request, "home.html", title="bambid")
+
+    async def levels_api(self, request: IRequest) -> bytes:
+        """``{levels: [...]}``, public; the same for everyone, so cacheable for a minute."""
+        body = json_response(request, 200, {"levels": self.levels})
+        request.setHeader(b"Cache-Control", LEVELS_CACHE_CONTROL)
+        return body
 
     async def health_page(self, request: IRequest) -> bytes:
         report = await self.health.report()

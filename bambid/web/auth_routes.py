@@ -23,6 +23,8 @@ from bambid.auth.sessions import SESSION_COOKIE, Banned
 from bambid.identity import Identity
 from bambid.storage import StorageError
 from bambid.web.app import ApiError, WebApp, json_response, read_json
+from bambid.web.args import request_arg
+from bambid.web.site import BambidSite
 
 CSRF_MESSAGE = (
     "This form has expired or was not sent from this site. Reload the page and try again."
@@ -38,22 +40,20 @@ class Notice:
 
 def form_value(request: IRequest, name: str) -> str:
     """The first value of form field ``name`` ("" when absent or not UTF-8)."""
-    values = request.args.get(name.encode("ascii")) if request.args else None
-    if not values:
-        return ""
-    try:
-        value: str = values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return ""
-    return value
+    return request_arg(request, name) or ""
 
 
 def client_address(request: IRequest) -> str:
-    """The client's IP address (what login throttling keys on)."""
+    """The client's IP address (what login throttling keys on): the peer's,
+    or behind a trusted reverse proxy the client it names in
+    ``X-Forwarded-For`` (``server.trusted_proxies``, ``bambid.web.proxies``)."""
     address = request.getClientAddress()
-    if isinstance(address, (IPv4Address, IPv6Address)):
+    if not isinstance(address, (IPv4Address, IPv6Address)):
+        return "local"
+    site = getattr(getattr(request, "channel", None), "site", None)
+    if not isinstance(site, BambidSite):
         return address.host
-    return "local"
+    return site.proxies.client(address.host, request.getHeader("x-forwarded-for"))
 
 
 def safe_next(value: str) -> str:

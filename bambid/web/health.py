@@ -37,7 +37,9 @@ class HealthReporter:
 
     ``ai_status`` and ``voice_status``, when given, return the ``ai`` and
     ``voice`` sections at once (the AI and TTS backends are checked in the
-    background, never while /health waits)."""
+    background, never while /health waits). ``fanout_status`` returns the
+    ``fanout`` section: how chat reaches the other instances
+    (``{"mode": "local"}``: this process alone)."""
 
     storage: Storage
     clock: IReactorTime
@@ -46,6 +48,7 @@ class HealthReporter:
     storage_timeout: float = 5.0
     ai_status: Callable[[], dict[str, Any]] | None = None
     voice_status: Callable[[], dict[str, Any]] | None = None
+    fanout_status: Callable[[], dict[str, Any]] = lambda: {"mode": "local"}
 
     async def report(self) -> dict[str, Any]:
         storage = await self._check_storage()
@@ -58,6 +61,7 @@ class HealthReporter:
             "storage": storage,
             "connections": self.connection_count(),
             "memory_rss_bytes": memory_rss_bytes(),
+            "fanout": self.fanout_status(),
         }
         if self.ai_status is not None:
             report["ai"] = self.ai_status()

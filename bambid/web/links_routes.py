@@ -1,9 +1,11 @@
 """``GET /go?m=<message_id>&i=<index>``: click-through for links in chat.
 
 Every link in a ``chat.message`` points here (``href``). The route finds link
-``i`` of message ``m``, records a ``ClickedUrl`` for a GET (the signed-in
-person's name from the session cookie, else ``anonymous``; a HEAD is answered
-the same but not counted), then either redirects (302) to a
+``i`` of message ``m``, records a ``ClickedUrl`` for a GET by a signed-in
+account that chose to have interaction analytics kept (the consent check of
+``bambid.profiles.interactions``, read afresh on every click: nobody before
+choosing, nobody after a "no", never guests or signed-out visitors; a HEAD is
+not a click), then either redirects (302) to a
 clean link or shows ``go.html``, a warning page naming the URL and why it was
 flagged, with a link to continue and one back. Unknown messages, deleted ones
 and bad indexes get the 404 page. Responses carry ``Referrer-Policy:
@@ -21,11 +23,11 @@ from werkzeug.exceptions import NotFound
 
 from bambid.auth.sessions import SESSION_COOKIE, Banned, identify
 from bambid.chat.links import LinkChecker, location_header
+from bambid.identity import Identity
 from bambid.models import ClickedUrl
+from bambid.profiles.interactions import InteractionRecorder
 from bambid.storage import Storage
 from bambid.web.app import WebApp
-
-ANONYMOUS = "anonymous"
 
 #: What the warning page says for each ``reason``.
 EXPLANATIONS = {
@@ -55,6 +57,7 @@ class LinkRoutes:
         self.clock = clock
         self.admins = admins
         self.links = links
+        self.consent = InteractionRecorder(storage, clock)
 
     async def go(self, request: IRequest) -> Any:
         message_id = _arg(request, b"m")
@@ -69,14 +72,16 @@ class LinkRoutes:
         if not link.url.lower().startswith(("http://", "https://")):
             raise NotFound()
         if request.method == b"GET":  # a HEAD (a link preview) is not a click
-            await self.storage.record(
-                ClickedUrl(
-                    username=await self._who(request),
-                    url=link.url,
-                    timestamp=self.clock.seconds(),
-                    message_id=message.message_id,
+            who = await self._who(request)
+            if who is not None and await self.consent.allowed(who):
+                await self.storage.record(
+                    ClickedUrl(
+                        username=who.name,
+                        url=link.url,
+                        timestamp=self.clock.seconds(),
+                        message_id=message.message_id,
+                    )
                 )
-            )
         request.setHeader(b"Referrer-Policy", b"no-referrer")
         request.setHeader(b"Cache-Control", b"no-store")
         if link.is_clean:
@@ -93,14 +98,14 @@ class LinkRoutes:
             explanation=EXPLANATIONS.get(reason, EXPLANATIONS["denylisted"]),
         )
 
-    async def _who(self, request: IRequest) -> str:
+    async def _who(self, request: IRequest) -> Identity | None:
+        """The signed-in person (None: nobody, or a banned person)."""
         cookie = request.getCookie(SESSION_COOKIE.encode())
         token = cookie.decode("utf-8", "replace") if cookie else None
         try:
-            identity = await identify(self.storage, self.clock, self.admins, token)
-        except Banned as banned:
-            return banned.sanction.username
-        return identity.name if identity is not None else ANONYMOUS
+            return await identify(self.storage, self.clock, self.admins, token)
+        except Banned:
+            return None
 
 
 def _arg(request: IRequest, name: bytes) -> str:

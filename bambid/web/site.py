@@ -2,17 +2,24 @@
 
 Every response carries the security headers below. A request body larger than
 ``max_body_size`` is never buffered: its bytes are discarded as they arrive and
-the request is answered ``413`` (JSON) without reaching any route.
+the request is answered ``413`` (JSON) without reaching any route. The
+site's ``gate`` (maintenance mode, when set) may answer a request before any
+route runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from bambid.jsonutil import dumps
+from bambid.web.proxies import TrustedProxies
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -28,6 +35,14 @@ SECURITY_HEADERS: dict[bytes, bytes] = {
     b"Cross-Origin-Opener-Policy": b"same-origin",
     b"Permissions-Policy": b"camera=(), microphone=(), geolocation=()",
 }
+
+
+_log = Logger()
+
+#: Decides, before any route runs, whether a request is served: None to serve
+#: it now, or a Deferred firing True (serve it) or False (the gate answered
+#: it, e.g. maintenance mode's 503: ``bambid.maintenance.MaintenanceGate``).
+RequestGate = Callable[[Request], "Deferred[bool] | None"]
 
 
 class BambidRequest(Request):
@@ -71,7 +86,22 @@ class BambidRequest(Request):
         if self._body_too_large:
             self._refuse_body()
             return
-        super().process()
+        gate = self._site.gate
+        held = gate(self) if gate is not None else None
+        if held is None:
+            super().process()
+            return
+        held.addCallbacks(self._gate_passed, self._gate_failed)
+
+    def _gate_passed(self, serve: bool) -> None:
+        """Serve the request the gate let through (else the gate answered it)."""
+        if serve:
+            super().process()
+
+    def _gate_failed(self, failure: Failure) -> None:
+        _log.failure("request gate failed for {path}", failure, path=self.path)
+        self.setResponseCode(500)
+        self.finish()
 
     def _refuse_body(self) -> None:
         self.setResponseCode(413)
@@ -91,8 +121,17 @@ class BambidSite(Site):
     requestFactory = BambidRequest
 
     def __init__(
-        self, resource: IResource, max_body_size: int, public_https: bool, **kw: Any
+        self,
+        resource: IResource,
+        max_body_size: int,
+        public_https: bool,
+        proxies: TrustedProxies | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(resource, **kw)
         self.max_body_size = max_body_size
         self.public_https = public_https
+        #: Whose X-Forwarded-For names the client (``bambid.web.proxies``).
+        self.proxies = proxies or TrustedProxies()
+        #: Set by the service (maintenance mode); see ``RequestGate``.
+        self.gate: RequestGate | None = None

@@ -50,6 +50,7 @@ from bambid.config import LimitsConfig, ServerConfig
 from bambid.identity import Identity
 from bambid.jsonutil import dumps
 from bambid.ratelimit import KeyedLimiter
+from bambid.web.proxies import TrustedProxies
 from bambid.ws.dispatch import ClientError, Dispatcher, PreparedFrame
 
 CLOSE_GOING_AWAY = 1001
@@ -75,6 +76,7 @@ class _Prepared:
 
     message: Any
     size: int
+    type: str = ""
 
 
 @implementer(IPushProducer)
@@ -171,7 +173,11 @@ class BambidServerProtocol(WebSocketServerProtocol):
         self.session_token = _cookie(request.headers.get("cookie"), SESSION_COOKIE)
         # request.peer is "tcp4:1.2.3.4:5678"; the address is what limits key on.
         _, _, address_port = request.peer.partition(":")
-        self.peer_address = address_port.rpartition(":")[0].strip("[]")
+        peer = address_port.rpartition(":")[0].strip("[]")
+        # Behind a trusted reverse proxy, the client it names (bambid.web.proxies).
+        self.peer_address = self.factory.proxies.client(
+            peer, request.headers.get("x-forwarded-for")
+        )
 
     def onOpen(self) -> None:
         self.factory.connections.add(self)
@@ -196,6 +202,8 @@ class BambidServerProtocol(WebSocketServerProtocol):
         except ClientError as e:
             self._send_error(e.code, e.message, None)
             return
+        for listener in self.factory.frame_listeners:
+            listener("in", message["type"])
         if self._pending >= MAX_PENDING_PER_CONNECTION:
             self._send_error("busy", "too many requests in flight", message.get("id"))
             return
@@ -225,6 +233,8 @@ class BambidServerProtocol(WebSocketServerProtocol):
         payload = dumps({"type": type, **fields}).encode("utf-8")
         if self._may_queue(len(payload)):
             self.sendMessage(payload, isBinary=False)
+            for listener in self.factory.frame_listeners:
+                listener("out", type)
 
     def send_prepared(self, message: PreparedFrame) -> None:
         """Send a frame prepared once for many connections (broadcasts)."""
@@ -233,6 +243,8 @@ class BambidServerProtocol(WebSocketServerProtocol):
         assert isinstance(message, _Prepared)
         if self._may_queue(message.size):
             self.sendPreparedMessage(message.message)
+            for listener in self.factory.frame_listeners:
+                listener("out", message.type)
 
     def _may_queue(self, size: int) -> bool:
         if not self._guard.paused:
@@ -296,6 +308,8 @@ class BambidServerProtocol(WebSocketServerProtocol):
         fields: dict[str, Any] = {"code": code, "message": text, **extra}
         if correlation is not None:
             fields["id"] = correlation
+        for listener in self.factory.error_listeners:
+            listener(code)
         self.send("error", **fields)
 
 
@@ -311,9 +325,14 @@ class BambidWebSocketFactory(WebSocketServerFactory):
         self.dispatcher = dispatcher
         self.limits = limits
         self.origin_policy = OriginPolicy.from_config(server)
+        self.proxies = TrustedProxies(server.trusted_proxies)
         self.connections: set[BambidServerProtocol] = set()
         #: Called with each connection as it closes (the hub forgets it).
         self.close_listeners: list[Callable[[BambidServerProtocol], None]] = []
+        #: Told of each frame: ("in", type) once parsed, ("out", type) once sent (metrics).
+        self.frame_listeners: list[Callable[[str, str], object]] = []
+        #: Told the code of each error frame sent to a client (metrics).
+        self.error_listeners: list[Callable[[str], object]] = []
         self.connection_limiter = KeyedLimiter(
             reactor, limits.connection_per_second, limits.connection_burst
         )
@@ -328,11 +347,19 @@ class BambidWebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=5,
         )
 
+    def apply_limits(self, limits: LimitsConfig) -> None:
+        """Use new ``[limits]`` (SIGHUP) for every connection, open ones
+        included: the connection buckets refill at the new rate from now on
+        (``KeyedLimiter.configure``); strikes and the send buffer use the new
+        values at their next check."""
+        self.limits = limits
+        self.connection_limiter.configure(limits.connection_per_second, limits.connection_burst)
+
     def prepare(self, type: str, **fields: Any) -> PreparedFrame:
         """Serialise and frame ``{"type": type, **fields}`` once, for
         ``send_prepared`` to many connections."""
         payload = dumps({"type": type, **fields}).encode("utf-8")
-        return _Prepared(self.prepareMessage(payload, isBinary=False), len(payload))
+        return _Prepared(self.prepareMessage(payload, isBinary=False), len(payload), type)
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         for connection in list(self.connections):

@@ -17,6 +17,7 @@ import {
 } from "./chat-render.js";
 import { Companion } from "./companion.js";
 import { Effects } from "./effects.js";
+import { Levels } from "./levels.js";
 import { TriggersPanel } from "./triggers-panel.js";
 
 let MAX_LENGTH = 2000; // replaced by welcome.max_message_length
@@ -44,10 +45,6 @@ const ui = {
   error: $("composer-error"),
   signin: $("signin-prompt"),
   blocked: $("blocked-prompt"),
-  xp: $("xp-badge"),
-  xpLevel: $("xp-level"),
-  xpFill: $("xp-fill"),
-  xpPoints: $("xp-points"),
   notify: $("notify-button"),
   toasts: $("toasts"),
   stateEl: $("connection-state"),
@@ -189,6 +186,39 @@ connection.addListener(new Companion(document.getElementById("companion"), conne
 // The tools under the chat (issue 6): the trigger panel, then the effect panels.
 connection.addListener(new TriggersPanel(document.getElementById("triggers-panel"), connection));
 connection.addListener(new Effects(document.getElementById("effects"), connection));
+// The person's notification switches (docs/ui.md, "Notifications"): read with
+// preferences.get after each welcome, kept current by preferences.update (a
+// change on /settings or another device). Each change is announced as the
+// ``bambid:preferences`` event on ``window`` (detail: {notifications, privacy?});
+// ``notificationPreferences()`` gives the switches now (level_up is the levels UI's).
+const notifications = { mentions: true, sound: true, level_up: true };
+connection.addListener({
+  message(m) {
+    if (m.type === "welcome") {
+      if (m.user) connection.send({ type: "preferences.get", id: "notifications-prefs" });
+      return false;
+    }
+    if (m.type === "error" && m.id === "notifications-prefs") return true; // defaults stay
+    if (m.type !== "preferences.state" && m.type !== "preferences.update") return false;
+    if (m.notifications && typeof m.notifications === "object") {
+      for (const key of Object.keys(notifications)) {
+        if (typeof m.notifications[key] === "boolean") notifications[key] = m.notifications[key];
+      }
+    }
+    const detail = { notifications: notificationPreferences() };
+    if (m.privacy && typeof m.privacy === "object") detail.privacy = m.privacy;
+    window.dispatchEvent(new CustomEvent("bambid:preferences", { detail }));
+    return true;
+  },
+});
+
+/** The person's notification switches: {mentions, sound, level_up}. */
+export function notificationPreferences() {
+  return { ...notifications };
+}
+
+// The XP badge, the Levels panel and the level-up celebration.
+connection.addListener(new Levels());
 
 function request(kind, message, extra) {
   const id = "c" + app.nextId++;
@@ -223,10 +253,6 @@ function handle(m) {
       return onMention(m);
     case "system":
       return onSystem(m);
-    case "xp.update":
-      return showXp(m);
-    case "level.up":
-      return onLevelUp(m);
     default:
       return undefined;
   }
@@ -241,7 +267,6 @@ function onWelcome(m) {
     MAX_LENGTH = m.max_message_length;
     COUNTER_FROM = Math.floor(MAX_LENGTH * 0.9);
   }
-  showXp(app.user && !app.user.guest ? app.user : null); // guests earn no XP
   renderRoomList();
   updateComposer();
   if (again) {
@@ -444,6 +469,7 @@ function onMention(m) {
       : null;
   toast("@" + by + " mentioned you in #" + roomName + ": " + truncate(text, 140), "mention", action);
   if (
+    notifications.mentions &&
     "Notification" in window &&
     Notification.permission === "granted" &&
     (document.hidden || !document.hasFocus())
@@ -452,6 +478,7 @@ function onMention(m) {
       const note = new Notification(by + " mentioned you in #" + roomName, {
         body: truncate(text, 200),
         tag: "bambid-mention-" + (m.message_id || ""),
+        silent: !notifications.sound, // the page plays no sound of its own
       });
       note.addEventListener("click", () => {
         window.focus();
@@ -469,13 +496,6 @@ function onSystem(m) {
   const level = ["info", "warning", "error"].includes(m.level) ? m.level : "info";
   if (app.current) addLocalLine(app.current, text, level);
   if (level !== "info") toast(text, level === "error" ? "danger" : "warning");
-}
-
-function onLevelUp(m) {
-  const level = Number.isInteger(m.level) ? m.level : "?";
-  const unlocked = Array.isArray(m.unlocked) ? m.unlocked.filter((u) => typeof u === "string") : [];
-  const extra = unlocked.length ? " Unlocked: " + unlocked.join(", ") + "." : "";
-  toast("🎉 Level " + level + " reached!" + extra, "celebrate");
 }
 
 // --- rooms and messages ------------------------------------------------------------------
@@ -923,22 +943,7 @@ function describeResult(result) {
   return lines.length ? lines.join("\n") : "done";
 }
 
-// --- XP, notices, notifications ----------------------------------------------------------------
-
-function showXp(data) {
-  if (!data || typeof data.xp !== "number") {
-    ui.xp.hidden = true;
-    return;
-  }
-  const level = Number.isInteger(data.level) ? data.level : 0;
-  const next = typeof data.next === "number" ? data.next : null;
-  ui.xp.hidden = false;
-  ui.xpLevel.textContent = "Lv " + level;
-  ui.xpPoints.textContent = data.xp + (next ? " / " + next : "") + " XP";
-  ui.xp.title = next ? data.xp + " XP; level " + (level + 1) + " at " + next : data.xp + " XP (top level)";
-  const share = next ? Math.max(0, Math.min(1, data.xp / next)) : 1;
-  ui.xpFill.style.width = Math.round(share * 100) + "%";
-}
+// --- notices, notifications --------------------------------------------------------------------
 
 function toast(text, tone, action) {
   const box = el("div", "toast chat-toast chat-toast--" + tone);

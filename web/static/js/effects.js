@@ -17,31 +17,8 @@
 import { BinauralPanel } from "./binaural-panel.js";
 import { CollarPanel } from "./collar-panel.js";
 import { HistoryPanel } from "./history-panel.js";
+import { levelTable } from "./levels.js";
 import { SpiralsPanel } from "./spirals-panel.js";
-
-/** The default level of each feature (``[xp] unlocks``); a level_required error corrects it. */
-export const FEATURE_LEVELS = Object.freeze({
-  triggers: 1,
-  collar: 2,
-  session_history: 3,
-  spirals: 4,
-  hypnosis: 5,
-  audio_playlist: 6,
-  binaural: 7,
-  advanced_binaural: 8,
-});
-
-/** How a feature is named in "… unlocks at level N" (as the server's gates.LABELS). */
-export const LABELS = Object.freeze({
-  triggers: "Triggers",
-  collar: "The collar",
-  session_history: "Session history",
-  spirals: "Spirals",
-  hypnosis: "Hypnosis",
-  audio_playlist: "The audio playlist",
-  binaural: "Binaural beats",
-  advanced_binaural: "Binaural sequences",
-});
 
 /** Labels that take a plural verb. */
 const PLURAL = new Set(["triggers", "spirals", "binaural", "advanced_binaural"]);
@@ -152,7 +129,9 @@ export class Effects {
     this.connection = connection;
     this.user = null; // welcome.user
     this.progress = { xp: 0, level: 0, next: null };
-    this.featureLevels = { ...FEATURE_LEVELS };
+    // The level of each feature: the server's table (welcome.levels, kept by levels.js),
+    // corrected by a level_required error until the next table arrives.
+    this.featureLevels = levelTable.featureLevels();
     this.connected = false;
     this.requests = new Map(); // id -> handlers {ack, error, answer, lost}
     this.nextId = 1;
@@ -169,6 +148,11 @@ export class Effects {
       new BinauralPanel(this, $("fx-binaural")),
     ];
     this.restoreOpen();
+    levelTable.addEventListener("change", () => {
+      this.featureLevels = levelTable.featureLevels();
+      this.render();
+      for (const panel of this.panels) if (panel.levelChanged) panel.levelChanged();
+    });
     this.render();
     // See the comment at the top: after chat.js has registered us, go first.
     queueMicrotask(() => this.moveToFront());
@@ -211,7 +195,7 @@ export class Effects {
   }
 
   label(feature) {
-    return LABELS[feature] || feature.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+    return levelTable.label(feature);
   }
 
   /** "The collar unlocks at level 2", "Spirals unlock at level 4". */
@@ -351,6 +335,7 @@ export class Effects {
   }
 
   onWelcome(m) {
+    levelTable.fromWelcome(m); // before the panels ask for anything gated
     const user = m.user && typeof m.user === "object" ? m.user : null;
     this.user = user;
     this.progress = { xp: 0, level: 0, next: null };

@@ -23,11 +23,9 @@
 // Everything the server sends is shown with textContent.
 
 import { element as el } from "./chat-render.js";
+import { levelTable } from "./levels.js";
 import { BACKGROUNDS, background, flash, playback, sameSitePath } from "./playback.js";
 
-/** Levels of the features, as the server's default ``xp.unlocks`` has them. A
- * ``level_required`` error or a ``level.up`` naming the feature corrects them. */
-const DEFAULT_LEVELS = { triggers: 1, audio_playlist: 6 };
 const AUDIO_DEFAULTS = { volume: 0.8, speed: 5, loop: false, background: "", background_volume: 0.3 };
 const NOTICE_MS = 8000;
 
@@ -224,7 +222,15 @@ export class TriggersPanel {
     this.level = 0;
     this.xp = 0;
     this.next = null;
-    this.levels = { ...DEFAULT_LEVELS };
+    // The level of each feature: the server's table (welcome.levels, kept by levels.js),
+    // corrected by a level_required error or a level.up until the next table arrives.
+    this.levels = levelTable.featureLevels();
+    levelTable.addEventListener("change", () => {
+      const was = this.unlocked;
+      this.levels = levelTable.featureLevels();
+      if (!was && this.unlocked) this.loadCatalog(false);
+      this.render();
+    });
     this.connected = false;
     this.unsupported = false; // the server has no triggers
     this.catalog = null;
@@ -323,17 +329,23 @@ export class TriggersPanel {
     return this.user !== null;
   }
 
+  /** The level ``feature`` needs (0: not gated on this server). */
+  levelOf(feature) {
+    return this.levels[feature] || 0;
+  }
+
   get unlocked() {
-    return this.signedIn && this.level >= this.levels.triggers;
+    return this.signedIn && this.level >= this.levelOf("triggers");
   }
 
   get audioUnlocked() {
-    return this.signedIn && this.level >= this.levels.audio_playlist;
+    return this.signedIn && this.level >= this.levelOf("audio_playlist");
   }
 
   // --- server messages -------------------------------------------------------------------------
 
   onWelcome(m) {
+    levelTable.fromWelcome(m);
     this.user = m.user && typeof m.user === "object" ? m.user : null;
     this.connected = true;
     this.setProgress(this.user);
@@ -370,8 +382,9 @@ export class TriggersPanel {
     const was = this.unlocked;
     if (Number.isInteger(m.level)) {
       this.level = Math.max(this.level, m.level);
-      for (const feature of Array.isArray(m.unlocked) ? m.unlocked : []) {
-        if (Object.prototype.hasOwnProperty.call(this.levels, feature)) this.levels[feature] = m.level;
+      // One feature unlocked: that is its level on this server.
+      if (Array.isArray(m.unlocked) && m.unlocked.length === 1 && typeof m.unlocked[0] === "string") {
+        this.levels[m.unlocked[0]] = m.level;
       }
     }
     if (!was && this.unlocked) this.loadCatalog(false);
@@ -439,7 +452,7 @@ export class TriggersPanel {
     this.requests.delete(m.id);
     const says = str(m.message);
     if (m.code === "level_required" && typeof m.feature === "string" && Number.isInteger(m.level)) {
-      if (Object.prototype.hasOwnProperty.call(this.levels, m.feature)) this.levels[m.feature] = m.level;
+      this.levels[m.feature] = m.level;
     }
     switch (req.kind) {
       case "get":
@@ -450,7 +463,7 @@ export class TriggersPanel {
       case "set":
         this.saving = null;
         if (m.code === "level_required") {
-          this.notice("Not saved: triggers unlock at level " + this.levels.triggers + ".");
+          this.notice("Not saved: triggers unlock at level " + this.levelOf("triggers") + ".");
         } else if (m.code === "rate_limited") {
           this.notice("Not saved: that was too quick. Try again in a moment.");
         } else {
@@ -463,7 +476,7 @@ export class TriggersPanel {
         if (m.code === "level_required") {
           this.notice(
             "The loop, pace, loudness and background sound unlock at level " +
-              this.levels.audio_playlist +
+              this.levelOf("audio_playlist") +
               ".",
           );
         } else {
@@ -737,7 +750,7 @@ export class TriggersPanel {
     if (!this.unlocked) this.renderLock();
     const on = this.saved.size;
     if (!this.unlocked) {
-      ui.badge.textContent = "Level " + this.levels.triggers;
+      ui.badge.textContent = "Level " + this.levelOf("triggers");
       ui.badge.dataset.kind = "locked";
     } else {
       ui.badge.textContent = on ? on + " on" : "";
@@ -750,7 +763,7 @@ export class TriggersPanel {
     ui.audioLock.textContent = this.audioUnlocked
       ? ""
       : "The loop, pace, cue loudness and background sound unlock at level " +
-        this.levels.audio_playlist +
+        this.levelOf("audio_playlist") +
         ".";
     for (const control of [ui.loop, ui.speed, ui.volume, ui.background, ui.backgroundVolume]) {
       control.disabled = !this.audioUnlocked;
@@ -761,7 +774,7 @@ export class TriggersPanel {
 
   renderLock() {
     const ui = this.ui;
-    const needed = this.levels.triggers;
+    const needed = this.levelOf("triggers");
     ui.lockText.textContent = "Triggers unlock at level " + needed;
     const guest = Boolean(this.user && this.user.guest);
     ui.lockProgress.hidden = guest;

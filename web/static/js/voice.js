@@ -23,7 +23,6 @@ import { element as el } from "./chat-render.js";
 import { playback, sameSitePath } from "./playback.js";
 
 const STORE_AUTOPLAY = "bambid.voice.autoplay";
-const STORE_VOLUME = "bambid.voice.volume";
 const NOTICE_MS = 6000;
 const SPEEDS = [0.5, 0.75, 1, 1.25, 1.5, 1.75, 2];
 /** What the preview button says: short and neutral. */
@@ -220,8 +219,8 @@ export class Voice {
     this.preview = null; // the preview's own Audio while it plays
 
     this.autoplay = readStore(STORE_AUTOPLAY) !== "0";
-    const volume = parseFloat(readStore(STORE_VOLUME));
-    this.volume = Number.isFinite(volume) && volume >= 0 && volume <= 1 ? volume : 1;
+    // The person's volume is the server's (voice.prefs): it follows them to every device.
+    this.volume = 1;
     playback.setVolume("speech", this.volume);
     playback.addSource(this, "speech");
     playback.exemptFromGesture(this.ui.root);
@@ -333,6 +332,10 @@ export class Voice {
       enabled: m.enabled !== false,
       voice: typeof m.voice === "string" ? m.voice : "",
       speed: typeof m.speed === "number" && Number.isFinite(m.speed) ? m.speed : 1,
+      volume:
+        typeof m.volume === "number" && Number.isFinite(m.volume) && m.volume >= 0 && m.volume <= 1
+          ? m.volume
+          : this.volume,
       backend: typeof m.backend === "string" ? m.backend : "",
       defaultVoice: typeof m.default_voice === "string" ? m.default_voice : "",
     };
@@ -495,11 +498,16 @@ export class Voice {
     this.pump();
   }
 
-  setVolume(percent) {
-    this.volume = Math.min(1, Math.max(0, percent / 100));
+  /** Plays at ``percent`` now; ``save`` sends it to the server (for every device). */
+  setVolume(percent, save = false) {
+    this.applyVolume(Math.min(1, Math.max(0, percent / 100)));
+    if (save) this.setPref({ volume: this.volume });
+  }
+
+  applyVolume(volume) {
+    this.volume = volume;
     playback.setVolume("speech", this.volume);
     if (this.preview) this.preview.volume = this.volume;
-    writeStore(STORE_VOLUME, String(this.volume));
     this.showVolume();
   }
 
@@ -667,6 +675,7 @@ export class Voice {
         }),
     );
     speed.value = String(prefs.speed);
+    if (prefs.volume !== this.volume) this.applyVolume(prefs.volume);
     this.showVoices();
   }
 
@@ -793,6 +802,8 @@ export class Voice {
       else this.playPreview();
     });
     ui.volume.addEventListener("input", () => this.setVolume(Number(ui.volume.value)));
+    // Sent where the slider stops, not at every step.
+    ui.volume.addEventListener("change", () => this.setVolume(Number(ui.volume.value), true));
     this.showVolume();
   }
 }
