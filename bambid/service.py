@@ -63,7 +63,7 @@ from bambid.web.health import HealthReporter
 from bambid.web.help_routes import install_help_routes
 from bambid.web.helpcenter import HelpCenter
 from bambid.web.links_routes import install_link_routes
-from bambid.web.me_routes import install_me_routes
+from bambid.web.me_routes import MeRoutes, install_me_routes
 from bambid.web.metrics_routes import counted, install_metrics_routes
 from bambid.web.profile_routes import install_profile_routes
 from bambid.web.proxies import TrustedProxies
@@ -243,15 +243,17 @@ class BambidService(MultiService):
         )
         self.preferences.register(self.dispatcher)
         install_me_routes(
-            self.web,
-            self.auth_routes,
-            self.preferences,
-            self.storage,
-            reactor,
-            self.chat.hub,
-            self.companion.companion,
-            self.usage,
-            self.profiles,
+            MeRoutes(
+                self.web,
+                self.auth_routes,
+                self.preferences,
+                self.storage,
+                reactor,
+                self.chat.hub,
+                self.companion.companion,
+                self.usage,
+                self.profiles,
+            )
         )
         self.web.levels = level_table(self.chat.xp.table)
 

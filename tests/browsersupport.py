@@ -1,5 +1,6 @@
-"""Driving Debian's Chromium with Playwright: the launch, and a page watcher that
-collects console errors, page errors and dialogs (which must never appear)."""
+"""Driving Debian's Chromium with Playwright: the launch, a page watcher that
+collects console errors, page errors and dialogs (which must never appear),
+and an init script recording CSP violations."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+#: An init script (``watch(page, CSP_RECORDER)``) that records the page's CSP
+#: violations in ``window.__csp`` (``page.evaluate("window.__csp") == []``).
+CSP_RECORDER = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__csp.push(e.violatedDirective + " " + e.blockedURI);
+});
+"""
 
 
 @contextmanager

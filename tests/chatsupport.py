@@ -15,12 +15,36 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from bambid.auth.sessions import hash_token
+from bambid.config import Config
 from bambid.identity import Identity
 from bambid.models import Account, Session
 from bambid.service import BambidService
 from bambid.storage import Storage
 from tests import wsclient
 from tests.conftest import Running, make_config
+
+#: The effect settings of a person who never changed them (``settings.state``
+#: sections; ``settings`` of ``GET /api/me/preferences``), written out here so
+#: that a changed default fails the tests.
+SETTINGS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "spirals": {
+        "enabled": False,
+        "spiral1Width": 5,
+        "spiral2Width": 3,
+        "spiral1Speed": 20,
+        "spiral2Speed": 15,
+    },
+    "audio": {"volume": 0.8, "speed": 5, "loop": False, "background": "", "background_volume": 0.3},
+    "binaural": {
+        "preset": "alpha",
+        "beat": 10,
+        "carrier": 200,
+        "volume": 0.5,
+        "pattern": "",
+        "total_minutes": 20,
+        "transition_seconds": 30,
+    },
+}
 
 
 @asynccontextmanager
@@ -32,7 +56,15 @@ async def chat_server(tmp_path: Path, **sections: dict[str, Any]) -> AsyncIterat
     sections = {"xp": {"chat_message": 0}, "voice": {"speak_replies": False}, **sections}
     for name, values in sections.items():
         config = attrs.evolve(config, **{name: attrs.evolve(getattr(config, name), **values)})
-    service = BambidService(config, reactor, base_dir=tmp_path)
+    async with serving(config, tmp_path) as running:
+        yield running
+
+
+@asynccontextmanager
+async def serving(config: Config, base_dir: Path) -> AsyncIterator[Running]:
+    """bambid with ``config`` started in this process (this reactor), its
+    relative paths under ``base_dir``; stopped on exit."""
+    service = BambidService(config, reactor, base_dir=base_dir)
     service.startService()
     await service.started
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +36,28 @@ class RecordingModeration:
         return {"ok": True}
 
 
-@pytest_twisted.async_yield_fixture
-async def site(tmp_path: Path) -> AsyncIterator[Running]:
-    """bambid whose ``auth.admins`` is Root, with Root, Moe and Bob registered."""
-    async with service(tmp_path, auth={"admins": ["root"]}) as running:
+@asynccontextmanager
+async def staffed(tmp_path: Path, **sections: dict[str, Any]) -> AsyncIterator[Running]:
+    """bambid (``test_auth.service``, with ``sections``) whose ``auth.admins``
+    is Root, with Root, Moe (a moderator) and Bob (a user) registered."""
+    async with service(tmp_path, auth={"admins": ["root"]}, **sections) as running:
         for name in ("Root", "Moe", "Bob"):
             await Browser(running.http).register(name)
         await running.service.storage.set_account_role("Moe", "moderator")
         yield running
 
 
+@pytest_twisted.async_yield_fixture
+async def site(tmp_path: Path) -> AsyncIterator[Running]:
+    async with staffed(tmp_path) as running:
+        yield running
+
+
 async def signed_in(running: Running, name: str) -> Browser:
+    """A browser logged in as ``name`` (password ``test_auth.PASSWORD``)."""
     browser = Browser(running.http)
     response = await browser.api("/api/auth/login", {"username": name, "password": PASSWORD})
-    assert response.code == 200
+    assert response.code == 200, response.body
     return browser
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser
 
-from tests.browsersupport import watch
+from tests.browsersupport import CSP_RECORDER, watch
 from tests.daemon import Daemon, daemon_environment
 from tests.test_ctl import BAMBIDCTL
 
@@ -51,13 +51,6 @@ async def main(reactor):
         await storage.close()
 
 task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
-"""
-
-WATCH_SCRIPT = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => {
-  window.__csp.push(e.violatedDirective + " " + e.blockedURI);
-});
 """
 
 #: Per chart: its svg's drawn size, how many bars are drawn with a height or
@@ -111,7 +104,7 @@ def test_admin_sees_the_charts(browser: Browser, tmp_path: Path) -> None:
     workdir.mkdir()
     with Daemon.start(workdir, ("--config", str(config))) as daemon:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        problems, dialogs = watch(page, WATCH_SCRIPT)
+        problems, dialogs = watch(page, CSP_RECORDER)
         page.goto(daemon.http + "/admin/analytics?days=7")
         page.wait_for_url("**/login?next=/admin/analytics", timeout=WAIT)
         page.fill("#login-username", "root")

@@ -27,7 +27,7 @@ import attrs
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.browsersupport import watch
+from tests.browsersupport import CSP_RECORDER, watch
 from tests.daemon import REPO, Daemon, daemon_environment
 from tests.test_browser_companion import People
 from tests.xss_corpus import XSS_PAYLOADS, XSS_URLS
@@ -67,14 +67,6 @@ async def main(reactor):
         await storage.close()
 
 task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
-"""
-
-#: Runs before the page's scripts: records CSP violations.
-WATCH_SCRIPT = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => {
-  window.__csp.push(e.violatedDirective + " " + e.blockedURI);
-});
 """
 
 #: What is active inside ``selector``: elements that run or load things, elements with
@@ -148,7 +140,7 @@ class Tab:
     @classmethod
     def open(cls, context: BrowserContext) -> Tab:
         page = context.new_page()
-        problems, dialogs = watch(page, WATCH_SCRIPT)
+        problems, dialogs = watch(page, CSP_RECORDER)
         return cls(page, problems, dialogs)
 
     def profile(self, server: Daemon, name: str) -> None:

@@ -39,6 +39,7 @@ from bambid.storage.sqlite import SQLiteStorage
 from tests import wsclient
 from tests.chatsupport import FakeConnection, add_person, connect, next_of, prepare
 from tests.conftest import Running, make_config
+from tests.test_admin_page import signed_in, staffed
 from tests.test_auth import PASSWORD, Browser, Response, service
 
 MAINTENANCE = {"close_grace_seconds": 0.3, "poll_seconds": 0.5, "retry_after_seconds": 120}
@@ -47,18 +48,8 @@ MAINTENANCE = {"close_grace_seconds": 0.3, "poll_seconds": 0.5, "retry_after_sec
 @pytest_twisted.async_yield_fixture
 async def site(tmp_path: Path) -> AsyncIterator[Running]:
     """bambid with Root an admin (``auth.admins``), Moe a moderator, Bob a user."""
-    async with service(tmp_path, auth={"admins": ["root"]}, maintenance=MAINTENANCE) as running:
-        for name in ("Root", "Moe", "Bob"):
-            await Browser(running.http).register(name)
-        await running.service.storage.set_account_role("Moe", "moderator")
+    async with staffed(tmp_path, maintenance=MAINTENANCE) as running:
         yield running
-
-
-async def signed_in(running: Running, name: str) -> Browser:
-    browser = Browser(running.http)
-    response = await browser.api("/api/auth/login", {"username": name, "password": PASSWORD})
-    assert response.code == 200, response.body
-    return browser
 
 
 async def eventually(condition: Any, timeout: float = 10.0) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ from bambid.manhole import (
     is_loopback,
 )
 from bambid.service import BambidService
-from tests.chatsupport import add_person, connect, join, next_of
+from tests.chatsupport import add_person, connect, join, next_of, serving
 from tests.conftest import Running, make_config
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[78=>]")
@@ -59,17 +57,6 @@ def manhole_config(tmp_path: Path, **manhole: Any) -> Any:
     config = make_config(tmp_path)
     manhole = {"endpoint": "tcp:0:interface=127.0.0.1", **manhole}
     return attrs.evolve(config, manhole=attrs.evolve(config.manhole, **manhole))
-
-
-@asynccontextmanager
-async def started(config: Any, tmp_path: Path) -> AsyncIterator[Running]:
-    service = BambidService(config, reactor, base_dir=tmp_path)
-    service.startService()
-    await service.started
-    try:
-        yield Running(service)
-    finally:
-        await service.stopService()
 
 
 def manhole_port(running: Running, index: int = 0) -> int:
@@ -158,7 +145,7 @@ async def logged_in(port: int) -> TelnetClient:
 @pytest_twisted.ensureDeferred
 async def test_telnet_manhole_runs_the_helpers(tmp_path: Path) -> None:
     config = manhole_config(tmp_path, credentials_file=str(credentials(tmp_path)))
-    async with started(config, tmp_path) as running:
+    async with serving(config, tmp_path) as running:
         token = await add_person(running.service.storage, "Alice")
         alice, welcome = await connect(running, token)
         assert welcome["type"] == "welcome"
@@ -200,7 +187,7 @@ async def test_telnet_manhole_runs_the_helpers(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_wrong_password_is_refused(tmp_path: Path) -> None:
     config = manhole_config(tmp_path, credentials_file=str(credentials(tmp_path)))
-    async with started(config, tmp_path) as running:
+    async with serving(config, tmp_path) as running:
         client = await telnet_to(manhole_port(running))
         await client.terminal.shows(b"Username: ")
         client.type("ops")
@@ -227,7 +214,7 @@ def free_port() -> int:
 async def test_without_credentials_nothing_listens(tmp_path: Path) -> None:
     port = free_port()
     config = manhole_config(tmp_path, endpoint=f"tcp:{port}:interface=127.0.0.1")
-    async with started(config, tmp_path) as running:
+    async with serving(config, tmp_path) as running:
         assert not running.service.manhole.enabled
         assert running.service.manhole.ports == []
         with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
@@ -386,7 +373,7 @@ async def test_ssh_manhole_with_an_authorized_key(tmp_path: Path) -> None:
         ssh_authorized_keys_file=str(authorized),
         ssh_host_key_file="var/manhole_host_key",
     )
-    async with started(config, tmp_path) as running:
+    async with serving(config, tmp_path) as running:
         assert not host_key_file.stat().st_mode & 0o077  # created, private
         port = manhole_port(running)  # no telnet here: the SSH port comes first
 
@@ -410,7 +397,7 @@ async def test_ssh_manhole_with_an_authorized_key(tmp_path: Path) -> None:
         assert not opened.called  # no key but the listed ones logs in
 
     # The host key is kept: the next start presents the same one.
-    async with started(config, tmp_path) as running:
+    async with serving(config, tmp_path) as running:
         client, opened, _ = await ssh_shell(manhole_port(running), allowed)
         await opened
         assert client.host_key == keys.Key.fromFile(str(host_key_file)).public().blob()

@@ -12,30 +12,11 @@ import pytest
 import pytest_twisted
 
 from bambid.auth.sessions import SESSION_COOKIE
-from tests.chatsupport import connect, next_of
+from tests.chatsupport import SETTINGS_DEFAULTS, connect, next_of
 from tests.conftest import Running
 from tests.test_auth import PASSWORD, Browser, Response, service
 
 PREFS = "/api/me/preferences"
-SETTINGS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "spirals": {
-        "enabled": False,
-        "spiral1Width": 5,
-        "spiral2Width": 3,
-        "spiral1Speed": 20,
-        "spiral2Speed": 15,
-    },
-    "audio": {"volume": 0.8, "speed": 5, "loop": False, "background": "", "background_volume": 0.3},
-    "binaural": {
-        "preset": "alpha",
-        "beat": 10,
-        "carrier": 200,
-        "volume": 0.5,
-        "pattern": "",
-        "total_minutes": 20,
-        "transition_seconds": 30,
-    },
-}
 #: XP of level 4 (spirals) and of level 7 (binaural, without its sequences).
 SPIRALS_XP = 7000
 BINAURAL_XP = 112000

@@ -10,28 +10,8 @@ from typing import Any
 import pytest_twisted
 
 from tests import wsclient
-from tests.chatsupport import add_person, chat_server, connect, expect
+from tests.chatsupport import SETTINGS_DEFAULTS, add_person, chat_server, connect, expect
 from tests.test_collar import at_level
-
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "spirals": {
-        "enabled": False,
-        "spiral1Width": 5,
-        "spiral2Width": 3,
-        "spiral1Speed": 20,
-        "spiral2Speed": 15,
-    },
-    "audio": {"volume": 0.8, "speed": 5, "loop": False, "background": "", "background_volume": 0.3},
-    "binaural": {
-        "preset": "alpha",
-        "beat": 10,
-        "carrier": 200,
-        "volume": 0.5,
-        "pattern": "",
-        "total_minutes": 20,
-        "transition_seconds": 30,
-    },
-}
 
 
 async def settings_set(
@@ -55,7 +35,7 @@ async def test_everyone_reads_the_defaults(tmp_path: Path) -> None:
         guest, _ = await connect(r, await add_person(r.service.storage, "Gus", guest=True))
         newcomer, _ = await connect(r, await at_level(r, "Ada", 0))
         for client in (guest, newcomer):
-            assert await sections(client) == DEFAULTS
+            assert await sections(client) == SETTINGS_DEFAULTS
         anonymous, _ = await connect(r)
         assert (await anonymous.request({"type": "settings.get"}))["code"] == "unauthenticated"
 
@@ -76,7 +56,7 @@ async def test_each_section_unlocks_at_its_level(tmp_path: Path) -> None:
                 if level >= needed[section]:
                     assert answer == {"type": "ack", "id": "s"}, (level, section, answer)
                     state = await expect(client, "settings.state", section=section)
-                    assert state["values"] == {**DEFAULTS[section], **values}
+                    assert state["values"] == {**SETTINGS_DEFAULTS[section], **values}
                 else:
                     assert answer["code"] == "level_required", (level, section, answer)
                     assert answer["level"] == needed[section]
@@ -89,7 +69,8 @@ async def test_each_section_unlocks_at_its_level(tmp_path: Path) -> None:
         assert refused["feature"] == "advanced_binaural"
         assert (await settings_set(seven, "binaural", {"pattern": ""}))["type"] == "ack"
         await expect(seven, "settings.state")
-        assert (await sections(seven))["binaural"] == DEFAULTS["binaural"]  # beat 4 refused too
+        # beat 4 was refused too
+        assert (await sections(seven))["binaural"] == SETTINGS_DEFAULTS["binaural"]
         eight, _ = await connect(r, await at_level(r, "eight", 8))
         assert (await settings_set(eight, "binaural", {"pattern": "descent"}))["type"] == "ack"
         state = await expect(eight, "settings.state", section="binaural")
@@ -129,13 +110,13 @@ async def test_bad_values_are_refused_by_name(tmp_path: Path) -> None:
         not_a_number = '{"type": "settings.set", "section": "audio", "values": {"speed": NaN}}'
         client.sendMessage(not_a_number.encode(), isBinary=False)
         assert "speed" in (await expect(client, "error", code="bad_request"))["message"]
-        assert await sections(client) == DEFAULTS
+        assert await sections(client) == SETTINGS_DEFAULTS
 
         # The bounds themselves are fine; an integer stays one.
         edges = {"volume": 0, "speed": 10, "background_volume": 1, "background": "rain"}
         assert (await settings_set(client, "audio", edges))["type"] == "ack"
         state = await expect(client, "settings.state", section="audio")
-        assert state["values"] == {**DEFAULTS["audio"], **edges}
+        assert state["values"] == {**SETTINGS_DEFAULTS["audio"], **edges}
         assert isinstance(state["values"]["volume"], int)
 
 
@@ -152,10 +133,10 @@ async def test_settings_are_stored_and_synced_across_tabs(tmp_path: Path) -> Non
         for tab in (tab1, tab2):
             state = await expect(tab, "settings.state", section="spirals")
             assert "id" not in state
-            assert state["values"] == {**DEFAULTS["spirals"], **spirals}
+            assert state["values"] == {**SETTINGS_DEFAULTS["spirals"], **spirals}
         # Any subset: the rest stays as it was.
         assert (await settings_set(tab2, "spirals", {"spiral1Width": 9}))["type"] == "ack"
-        expected = {**DEFAULTS["spirals"], **spirals, "spiral1Width": 9}
+        expected = {**SETTINGS_DEFAULTS["spirals"], **spirals, "spiral1Width": 9}
         for tab in (tab1, tab2):
             assert (await expect(tab, "settings.state"))["values"] == expected
         assert (await settings_set(tab2, "binaural", {"beat": 4.5}))["type"] == "ack"
@@ -177,6 +158,6 @@ async def test_settings_are_stored_and_synced_across_tabs(tmp_path: Path) -> Non
         again, _ = await connect(r, token)
         assert await sections(again) == {
             "spirals": expected,
-            "audio": DEFAULTS["audio"],
-            "binaural": {**DEFAULTS["binaural"], "beat": 4.5},
+            "audio": SETTINGS_DEFAULTS["audio"],
+            "binaural": {**SETTINGS_DEFAULTS["binaural"], "beat": 4.5},
         }

@@ -2,7 +2,7 @@
 
 ``AccountService`` is what the web routes (``bambid.web.auth_routes``,
 ``bambid.web.admin_routes``) call. It raises ``AccountError`` with a stable
-``code`` (the routes turn it into a status, see ``STATUS``) and returns
+``code`` (the routes turn it into a status, see ``AccountError.STATUS``) and returns
 ``SignedIn`` (the new session's token) when someone signs in.
 
 Rules:
@@ -49,6 +49,7 @@ from bambid.auth.sessions import (
     role_for,
 )
 from bambid.config import AuthConfig, ChatConfig, XPConfig
+from bambid.errors import CodedError
 from bambid.identity import Identity
 from bambid.models import Account, Sanction, UserInteraction, username_key
 from bambid.profiles.xp import XpTable
@@ -68,35 +69,24 @@ DAY = 86400.0
 #: How often expired sessions are deleted from storage.
 SWEEP_INTERVAL = 3600.0
 
-#: HTTP status for each ``AccountError.code``.
-STATUS = {
-    "bad_request": 400,
-    "invalid": 422,
-    "invalid_credentials": 401,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "banned": 403,
-    "guests_disabled": 403,
-    "not_found": 404,
-    "name_taken": 409,
-    "rate_limited": 429,
-    "unavailable": 503,
-}
 
-
-class AccountError(Exception):
+class AccountError(CodedError):
     """A refused request. ``code`` is a key of ``STATUS``; ``extra`` holds
     details for the client (``field``, ``retry_after``, ``reason``, ``until``)."""
 
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
-
-    @property
-    def status(self) -> int:
-        return STATUS[self.code]
+    STATUS = {
+        "bad_request": 400,
+        "invalid": 422,
+        "invalid_credentials": 401,
+        "unauthenticated": 401,
+        "forbidden": 403,
+        "banned": 403,
+        "guests_disabled": 403,
+        "not_found": 404,
+        "name_taken": 409,
+        "rate_limited": 429,
+        "unavailable": 503,
+    }
 
 
 @attrs.frozen

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from bambid.errors import CodedError
 from bambid.features import ProfilePreferences, identity_of
 from bambid.features.settings import PATTERN_FEATURE, SECTIONS, Section
 from bambid.features.settings import PREFERENCES_KEY as SETTINGS_KEY
@@ -57,29 +58,18 @@ PATCH_KEYS = ("voice", "notifications", "privacy", "settings")
 #: The ``UserInteraction.action`` of a change (kept only with consent).
 CHANGE_ACTION = "preferences.change"
 
-#: The HTTP status of each ``PreferencesError.code``.
-STATUS = {
-    "bad_request": 400,
-    "forbidden": 403,
-    "level_required": 403,
-    "invalid": 422,
-    "unavailable": 503,
-}
 
-
-class PreferencesError(Exception):
+class PreferencesError(CodedError):
     """A refused patch: ``code`` (a key of ``STATUS``), a message for people,
     and details (``field``; ``feature`` and ``level`` for ``level_required``)."""
 
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
-
-    @property
-    def status(self) -> int:
-        return STATUS[self.code]
+    STATUS = {
+        "bad_request": 400,
+        "forbidden": 403,
+        "level_required": 403,
+        "invalid": 422,
+        "unavailable": 503,
+    }
 
 
 class People(Protocol):

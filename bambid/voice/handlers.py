@@ -33,7 +33,7 @@ background, so ``health_report()`` answers at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,6 +87,20 @@ def valid_speed(value: Any) -> float | None:
     if not math.isfinite(speed) or not MIN_SPEED <= speed <= MAX_SPEED:
         return None
     return speed
+
+
+def _number(
+    values: Mapping[str, Any], field: str, valid: Callable[[Any], float | None], span: str
+) -> float | None:
+    """``values[field]`` as ``valid`` reads it; None when absent or null; a
+    ``bad_request`` naming ``field`` when ``valid`` refuses it (the number
+    must be from ``span``)."""
+    if values.get(field) is None:
+        return None
+    number = valid(values[field])
+    if number is None:
+        raise ClientError("bad_request", f"'{field}' must be a number from {span}", field=field)
+    return number
 
 
 class VoiceServices:
@@ -272,20 +286,8 @@ class VoiceServices:
         enabled = values.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             raise ClientError("bad_request", "'enabled' must be true or false", field="enabled")
-        speed = None
-        if values.get("speed") is not None:
-            speed = valid_speed(values["speed"])
-            if speed is None:
-                raise ClientError(
-                    "bad_request", "'speed' must be a number from 0.25 to 4.0", field="speed"
-                )
-        volume = None
-        if values.get("volume") is not None:
-            volume = valid_volume(values["volume"])
-            if volume is None:
-                raise ClientError(
-                    "bad_request", "'volume' must be a number from 0 to 1", field="volume"
-                )
+        speed = _number(values, "speed", valid_speed, "0.25 to 4.0")
+        volume = _number(values, "volume", valid_volume, "0 to 1")
         voice = values.get("voice")
         if voice is not None:
             if not isinstance(voice, str) or len(voice) > MAX_VOICE_LENGTH:

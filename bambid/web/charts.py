@@ -13,7 +13,7 @@ readers get instead of the picture.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -30,6 +30,17 @@ MAX_VALUE_LABELS = 16
 #: Longer bar labels are cut (the full name stays in the tooltip and table).
 MAX_LABEL_CHARS = 22
 TICKS = 4
+
+
+def format_value(value: float) -> str:
+    """Whole numbers without decimals, others with up to two."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def _shorten(label: str) -> str:
+    return label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 1] + "…"
 
 
 @attrs.frozen
@@ -59,15 +70,26 @@ class Tick:
 
 
 @attrs.frozen
-class Bar:
-    """One column or bar: its category, value, rectangle and visible labels."""
+class Mark:
+    """A value on a chart: its category, the value, and where it is drawn."""
 
     label: str
-    short_label: str
     value: float
-    text: str
     x: float
     y: float
+
+    @property
+    def text(self) -> str:
+        """The value as written (``format_value``)."""
+        return format_value(self.value)
+
+
+@attrs.frozen
+class Bar(Mark):
+    """One column or bar (``x``, ``y``: its top left corner): its rectangle
+    and visible labels (``short_label`` is cut to ``MAX_LABEL_CHARS``)."""
+
+    short_label: str = attrs.field(converter=_shorten)
     width: float
     height: float
     #: Where the category label goes and whether it is drawn.
@@ -81,14 +103,8 @@ class Bar:
 
 
 @attrs.frozen
-class Point:
+class Point(Mark):
     """One point of the line of a column chart."""
-
-    label: str
-    value: float
-    text: str
-    x: float
-    y: float
 
 
 @attrs.frozen
@@ -140,17 +156,6 @@ def nice_ceiling(value: float) -> float:
     raise AssertionError("unreachable")
 
 
-def format_value(value: float) -> str:
-    """Whole numbers without decimals, others with up to two."""
-    if float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:,.2f}".rstrip("0").rstrip(".")
-
-
-def _shorten(label: str) -> str:
-    return label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 1] + "…"
-
-
 def value_axis(largest: float) -> tuple[float, list[tuple[float, str]]]:
     """The top of the value axis and its ticks ``(value, label)`` for values
     up to ``largest``: about ``TICKS`` steps of a round size, whole numbers
@@ -197,9 +202,8 @@ def column_chart(
         bars.append(
             Bar(
                 label=label,
-                short_label=_shorten(short),
+                short_label=short,
                 value=value,
-                text=format_value(value),
                 x=x,
                 y=y,
                 width=slot * 0.7,
@@ -213,30 +217,12 @@ def column_chart(
             )
         )
     points = tuple(
-        Point(
-            label=label,
-            value=value,
-            text=format_value(value),
-            x=plot.left + slot * (i + 0.5),
-            y=y_of(value),
-        )
+        Point(label=label, value=value, x=plot.left + slot * (i + 0.5), y=y_of(value))
         for i, (label, value) in enumerate(zip(labels, line or (), strict=False))
     )
-    ticks = tuple(Tick(pos=y_of(value), label=text) for value, text in axis)
-    return Chart(
-        id=id,
-        kind="columns",
-        title=title,
-        x_label=x_label,
-        y_label=y_label,
-        width=COLUMN_WIDTH,
-        height=COLUMN_HEIGHT,
-        plot=plot,
-        ticks=ticks,
-        bars=tuple(bars),
-        line=points,
-        line_label=line_label,
-    )
+    size = (COLUMN_WIDTH, COLUMN_HEIGHT)
+    chart = _chart("columns", id, title, x_label, y_label, size, plot, axis, y_of, bars)
+    return attrs.evolve(chart, line=points, line_label=line_label)
 
 
 def bar_chart(
@@ -254,7 +240,6 @@ def bar_chart(
         raise ValueError("labels and values must have the same length")
     rows = max(1, len(values))
     plot = Box(left=168.0, top=8.0, right=BAR_WIDTH - 40.0, bottom=8.0 + BAR_ROW * rows)
-    height = plot.bottom + 44.0
     top, axis = value_axis(max(values, default=0))
 
     def x_of(value: float) -> float:
@@ -268,9 +253,8 @@ def bar_chart(
         bars.append(
             Bar(
                 label=label,
-                short_label=_shorten(label),
+                short_label=label,
                 value=value,
-                text=format_value(value),
                 x=plot.left,
                 y=y,
                 width=right - plot.left,
@@ -283,16 +267,36 @@ def bar_chart(
                 show_value=True,
             )
         )
-    ticks = tuple(Tick(pos=x_of(value), label=text) for value, text in axis)
+    size = (BAR_WIDTH, plot.bottom + 44.0)
+    return _chart("bars", id, title, x_label, y_label, size, plot, axis, x_of, bars)
+
+
+def _chart(
+    kind: str,
+    id: str,
+    title: str,
+    x_label: str,
+    y_label: str,
+    size: tuple[float, float],
+    plot: Box,
+    axis: Sequence[tuple[float, str]],
+    position: Callable[[float], float],
+    bars: Sequence[Bar],
+) -> Chart:
+    """The ``Chart`` (without a line) of a picture of ``size`` (width,
+    height) with ``bars`` drawn in ``plot`` and a tick at each ``axis`` value
+    ``(value, label)``, placed by ``position`` (value to y for columns, to x
+    for bars)."""
+    width, height = size
     return Chart(
         id=id,
-        kind="bars",
+        kind=kind,
         title=title,
         x_label=x_label,
         y_label=y_label,
-        width=BAR_WIDTH,
+        width=width,
         height=height,
         plot=plot,
-        ticks=ticks,
+        ticks=tuple(Tick(pos=position(value), label=text) for value, text in axis),
         bars=tuple(bars),
     )

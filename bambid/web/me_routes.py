@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import attrs
 from twisted.internet import task, threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -92,32 +93,22 @@ class Counts(Protocol):
     async def recount(self, names: Iterable[str]) -> None: ...
 
 
+@attrs.define(eq=False)
 class MeRoutes:
-    """The routes of the module doc."""
+    """The routes of the module doc, with what they need (``install_me_routes``
+    adds them to ``web.app``)."""
 
     _log = Logger()
 
-    def __init__(
-        self,
-        web: WebApp,
-        auth: AuthRoutes,
-        preferences: Preferences,
-        storage: Storage,
-        reactor: Any,
-        people: People,
-        replies: Replies,
-        usage: UsageTracker,
-        counts: Counts,
-    ) -> None:
-        self.web = web
-        self.auth = auth
-        self.preferences = preferences
-        self.storage = storage
-        self.reactor = reactor
-        self.people = people
-        self.replies = replies
-        self.usage = usage
-        self.counts = counts
+    web: WebApp
+    auth: AuthRoutes
+    preferences: Preferences
+    storage: Storage
+    reactor: Any
+    people: People
+    replies: Replies
+    usage: UsageTracker
+    counts: Counts
 
     # -- who --------------------------------------------------------------------------
 
@@ -362,20 +353,9 @@ def _when(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
 
 
-def install_me_routes(
-    web: WebApp,
-    auth: AuthRoutes,
-    preferences: Preferences,
-    storage: Storage,
-    reactor: Any,
-    people: People,
-    replies: Replies,
-    usage: UsageTracker,
-    counts: Counts,
-) -> MeRoutes:
-    """Add the routes of the module doc to ``web.app``."""
-    routes = MeRoutes(web, auth, preferences, storage, reactor, people, replies, usage, counts)
-    app = web.app
+def install_me_routes(routes: MeRoutes) -> MeRoutes:
+    """Add ``routes`` (the routes of the module doc) to ``routes.web.app``."""
+    app = routes.web.app
     get = ["GET", "HEAD"]
     app.route("/api/me/preferences", methods=get, endpoint="me_preferences")(routes.get_preferences)
     app.route("/api/me/preferences", methods=["PATCH"], endpoint="me_preferences_patch")(

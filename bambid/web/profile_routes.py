@@ -20,7 +20,7 @@ from twisted.web.iweb import IRequest
 
 from bambid.auth.accounts import AccountError
 from bambid.identity import Identity
-from bambid.models import username_key
+from bambid.models import Profile, username_key
 from bambid.profiles.service import (
     COMMUNITY_SORTS,
     EditRefused,
@@ -256,12 +256,10 @@ class ProfileRoutes:
         }
 
     async def edit_page(self, request: IRequest, name: str) -> bytes:
-        actor, refusal = await self._editor(request, name)
-        if actor is None:
-            return refusal
-        profile = await self.profiles.find(name)
-        if profile is None:
-            return await self._not_found(request, name)
+        editing = await self._editing(request, name)
+        if isinstance(editing, bytes):
+            return editing
+        actor, profile = editing
         data = await self.profiles.describe(actor, profile)
         values = {
             "display_name": data["display_name"],
@@ -274,12 +272,10 @@ class ProfileRoutes:
 
     async def edit_form(self, request: IRequest, name: str) -> bytes:
         self.auth.check_form(request)
-        actor, refusal = await self._editor(request, name)
-        if actor is None:
-            return refusal
-        profile = await self.profiles.find(name)
-        if profile is None:
-            return await self._not_found(request, name)
+        editing = await self._editing(request, name)
+        if isinstance(editing, bytes):
+            return editing
+        actor, profile = editing
         body, values, missing = _form_body(request)
         try:
             if missing:
@@ -293,23 +289,27 @@ class ProfileRoutes:
             return await self._refusal(request, STATUS.get(e.code, 400), e.message)
         return redirect(request, f"/profile/{quote(profile.username)}")
 
-    async def _editor(self, request: IRequest, name: str) -> tuple[Identity | None, bytes]:
-        """``(actor, b"")`` for someone who may edit ``name``, else
-        ``(None, the answer)``: a redirect to log in, or a 403 page."""
+    async def _editing(self, request: IRequest, name: str) -> tuple[Identity, Profile] | bytes:
+        """``(actor, profile)`` when someone who may edit ``name`` asks and
+        the profile exists, else the answer: a redirect to log in, or a 403
+        or 404 page."""
         try:
             actor = await self.auth.identify(request)
         except AccountError as e:
-            return None, await self._refusal(request, e.status, e.message)
+            return await self._refusal(request, e.status, e.message)
         if actor is None:
-            return None, redirect(request, f"/login?next=/profile/{quote(name[:32])}/edit")
+            return redirect(request, f"/login?next=/profile/{quote(name[:32])}/edit")
         if not may_edit(actor, name):
             message = (
                 "Guests have no profile: sign up to have one."
                 if actor.guest
                 else "You can only edit your own profile."
             )
-            return None, await self._refusal(request, 403, message)
-        return actor, b""
+            return await self._refusal(request, 403, message)
+        profile = await self.profiles.find(name)
+        if profile is None:
+            return await self._not_found(request, name)
+        return actor, profile
 
     async def _edit_form(
         self,
