@@ -30,7 +30,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect
 
 from bambid.chat.text import remove_control_characters
-from tests.browsersupport import watch
+from tests.browsersupport import CSP_RECORDER, watch
 from tests.daemon import Daemon
 
 pytestmark = pytest.mark.slow
@@ -66,11 +66,9 @@ WAIT = 15000  # ms, for anything that crosses the network
 
 #: Runs before the page's own scripts: records CSP violations and every
 #: request for notification permission (the page must never ask by itself).
-WATCH_SCRIPT = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => {
-  window.__csp.push(e.violatedDirective + " " + e.blockedURI);
-});
+WATCH_SCRIPT = (
+    CSP_RECORDER
+    + """
 window.__permissionAsks = 0;
 if ("Notification" in window) {
   const ask = Notification.requestPermission.bind(Notification);
@@ -80,6 +78,7 @@ if ("Notification" in window) {
   };
 }
 """
+)
 
 #: The messages in one room's view, as the reader sees them (without the
 #: screen-reader-only words and the warning sign of flagged links).

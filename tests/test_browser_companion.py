@@ -39,7 +39,7 @@ import attrs
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect
 
-from tests.browsersupport import watch
+from tests.browsersupport import CSP_RECORDER, watch
 from tests.daemon import REPO, Daemon, daemon_environment
 from tests.fakellm import NORMAL_REPLY
 from tests.test_browser_chat import CONTRAST_JS, SocketCutter
@@ -66,12 +66,7 @@ HISTORY_ENV = {
 }
 
 #: Runs before the page's scripts: records CSP violations.
-WATCH_SCRIPT = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => {
-  window.__csp.push(e.violatedDirective + " " + e.blockedURI);
-});
-"""
+WATCH_SCRIPT = CSP_RECORDER
 
 #: The panel's turns as the reader sees them.
 TURNS_JS = """

@@ -41,7 +41,7 @@ from playwright.sync_api import (
 )
 
 from bambid.config import XPConfig
-from tests.browsersupport import CHROMIUM, CHROMIUM_ARGS
+from tests.browsersupport import CHROMIUM, CHROMIUM_ARGS, CSP_RECORDER
 from tests.daemon import REPO, Daemon, daemon_environment
 from tests.test_browser_chat import CONTRAST_JS
 from tests.test_browser_companion import FakeServer, People, Tab, fake_llm, until
@@ -106,12 +106,7 @@ async (kind) => {
 """
 
 #: Runs before the page's scripts: records CSP violations.
-WATCH_SCRIPT = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => {
-  window.__csp.push(e.violatedDirective + " " + e.blockedURI);
-});
-"""
+WATCH_SCRIPT = CSP_RECORDER
 
 
 # --- the stack -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.browsersupport import watch
+from tests.browsersupport import CSP_RECORDER, watch
 from tests.daemon import Daemon
 
 pytestmark = pytest.mark.slow
@@ -24,14 +24,13 @@ PASSWORD = "correct horse battery staple"
 WAIT = 15000  # ms, for anything that crosses the network
 #: Runs before the page's scripts: records CSP violations and the
 #: ``bambid:preferences`` events the page announces.
-WATCH_SCRIPT = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => {
-  window.__csp.push(e.violatedDirective + " " + e.blockedURI);
-});
+WATCH_SCRIPT = (
+    CSP_RECORDER
+    + """
 window.__prefs = [];
 window.addEventListener("bambid:preferences", (e) => window.__prefs.push(e.detail));
 """
+)
 
 
 @pytest.fixture(scope="module")
